@@ -1,0 +1,47 @@
+/* common.h: options shared by copy and follow (one argp child, one source of truth), and
+ * the pieces of a job run both commands use: opening the endpoints, progress, events. */
+#ifndef MI_COMMON_H
+#define MI_COMMON_H
+
+#include "cli.h"
+#include "endpoint.h"
+#include "job.h"
+
+struct mi_opts {
+    const char *src_fmt, *dst_fmt;
+    bool existing, force, target_is_zero, sync_top;
+    uint64_t granularity, buf_size, speed;
+    int on_source_error, on_target_error;
+    bool compress;
+    struct ep_create_opts create; /* -o parsed into it */
+    bool progress, json, quiet, verbose;
+    const char *socket;
+    const char *journal;
+    bool incremental, verify;
+    unsigned threads;
+    const char *password_file;
+    bool no_backing;
+    const char *tls_psk_file, *tls_certificates;
+    unsigned connections;
+    uint64_t lease_ms;
+    bool auto_converge;
+    const char *sub; /* subcommand name, for messages */
+    int nargs;
+    const char *args[4];
+};
+
+extern const struct argp common_argp; /* the shared options, as an argp child */
+
+void mi_opts_defaults(struct mi_opts *o, const char *sub);
+/* Checks after parsing that involve several options; returns 0 or MI_EXIT_USAGE. */
+int mi_opts_check(struct mi_opts *o);
+/* Print the settings in force (-v). */
+void mi_opts_print(const struct mi_opts *o, const struct job *job);
+
+/* Progress bar on stderr when -p and stderr is a terminal; at most 10 updates a second. */
+void mi_progress_tick(struct job *job, void *arg);
+
+/* True when a and b name the same file (device and inode). */
+bool mi_same_file(const char *a, const char *b);
+
+#endif

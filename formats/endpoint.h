@@ -1,0 +1,152 @@
+/* endpoint.h: every image behind one interface.
+ *
+ * An endpoint is a source or a target: a raw file or block device, a qcow2 image (read and
+ * write), a legacy qcow image through libqcow, an NBD export.  Each backend embeds
+ * struct ep first and points ops at a static const table.  Operations return 0 or -errno
+ * and leave a message naming the object in mi_seterr(); they never print or exit.
+ *
+ * Threads: once open, pread, block_status, pwrite and zero may be called from several
+ * threads at once on different ranges; a backend that keeps shared state locks it.
+ * flush and close are called from one thread with no other call in flight.
+ */
+#ifndef MI_ENDPOINT_H
+#define MI_ENDPOINT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* What a range of the image holds. */
+enum ep_kind {
+    EP_DATA = 0,    /* allocated data: must be read */
+    EP_ZERO = 1,    /* reads as zeros (hole, zero cluster, past a short backing file) */
+    EP_UNALLOC = 2, /* only with EP_BS_TOP: not allocated in this layer, the backing decides */
+};
+
+/* block_status flags */
+#define EP_BS_TOP 1u /* describe this layer only (for --sync=top) */
+
+/* zero flags */
+#define EP_ZERO_MAY_UNMAP 1u /* a hole or zero cluster is fine (not just zeros written) */
+
+/* capability flags (ep.caps) */
+#define EP_CAP_BLOCK_STATUS 1u /* block_status gives real answers (else: all data) */
+#define EP_CAP_ZERO 2u         /* zero is efficient (punch, zero cluster, NBD zero) */
+#define EP_CAP_IS_ZERO 4u      /* a freshly created target: reads as zeros everywhere */
+#define EP_CAP_FUA 8u          /* reserved */
+
+struct ep;
+struct ep_info;
+
+struct ep_ops {
+    const char *name; /* format name: "raw", "qcow2", "qcow", "nbd" */
+
+    /* Describe the image from off: set *len (0 < *len <= max) to the length of the run
+     * that starts at off and has one kind, and *kind to that kind.  Without EP_BS_TOP
+     * the answer is the image as a guest sees it (EP_DATA or EP_ZERO, backing chain
+     * included).  May return a shorter run than the truth; never a wrong kind (EP_DATA
+     * is always a safe answer). */
+    int (*block_status)(struct ep *ep, uint64_t off, uint64_t max, unsigned flags,
+                        uint64_t *len, int *kind);
+
+    /* Read len bytes at off (off + len <= size), as a guest sees them. */
+    int (*pread)(struct ep *ep, void *buf, uint64_t len, uint64_t off);
+
+    /* Write len bytes at off.  Callers align off and len to ep.align except at the end
+     * of the image. */
+    int (*pwrite)(struct ep *ep, const void *buf, uint64_t len, uint64_t off);
+
+    /* Make [off, off+len) read as zeros (same alignment rules as pwrite). */
+    int (*zero)(struct ep *ep, uint64_t off, uint64_t len, unsigned flags);
+
+    /* Make everything written so far durable. */
+    int (*flush)(struct ep *ep);
+
+    /* Finish (a qcow2 writer writes its metadata here) and free.  Always frees, also on
+     * error.  A target is closed only after a successful flush, or to be discarded. */
+    int (*close)(struct ep *ep);
+
+    /* Optional (may be NULL): fill format-specific fields of struct ep_info. */
+    int (*info)(struct ep *ep, struct ep_info *info);
+};
+
+struct ep {
+    const struct ep_ops *ops;
+    char *name;        /* as the user named it: used in every message */
+    uint64_t size;     /* virtual size in bytes */
+    uint32_t align;    /* writes and zeroes should be aligned to this (power of two) */
+    uint32_t caps;     /* EP_CAP_* */
+    bool writable;
+};
+
+/* Options for opening an image. */
+struct ep_open_opts {
+    const char *format;        /* "raw", "qcow2", "qcow", "nbd" or NULL to probe */
+    const char *password_file; /* legacy AES qcow2 / qcow: file holding the password */
+    bool no_backing;           /* refuse any backing chain (security option) */
+    bool top_only;             /* open the top layer without its backing chain (--sync=top) */
+};
+
+/* Options for creating a target. */
+struct ep_create_opts {
+    const char *format;           /* "raw" or "qcow2" */
+    uint64_t size;                /* virtual size */
+    uint32_t cluster_size;        /* qcow2: 0 = 64 KiB */
+    int compat;                   /* qcow2: 2 = compat 0.10 (v2), 3 = 1.1 (v3, default) */
+    int compression_type;         /* qcow2: 0 zlib (default), 1 zstd */
+    int preallocation;            /* EP_PREALLOC_* */
+    bool compress;                /* qcow2: write data clusters compressed (-c) */
+    const char *backing_file;     /* qcow2: name recorded as the backing file (sync=top) */
+    const char *backing_format;   /* qcow2: its format */
+    bool force;                   /* replace an existing file */
+};
+
+enum { EP_PREALLOC_OFF, EP_PREALLOC_METADATA, EP_PREALLOC_FALLOC, EP_PREALLOC_FULL };
+
+/* Probe the format of a local file: returns "raw", "qcow2" or "qcow" (v1), or NULL with
+ * a message when the file cannot be read. */
+const char *ep_probe(const char *path);
+
+/* Open an image for reading (or for writing into it, with writable). */
+struct ep *ep_open(const char *name, const struct ep_open_opts *opts, bool writable);
+
+/* Create a new target image.  Refuses an existing file unless opts->force. */
+struct ep *ep_create(const char *name, const struct ep_create_opts *opts);
+
+/* Per-backend constructors used by ep_open/ep_create (formats/endpoint.c dispatches). */
+struct ep *raw_open(const char *name, bool writable);
+struct ep *raw_create(const char *name, const struct ep_create_opts *opts);
+struct ep *qcow2_open(const char *name, const struct ep_open_opts *opts, int depth);
+struct ep *qcow2_create(const char *name, const struct ep_create_opts *opts);
+struct ep *qcow_open(const char *name, const struct ep_open_opts *opts); /* libqcow, v1 */
+struct ep *nbd_open(const char *uri, bool writable);
+
+/* True when name is an NBD URI (nbd://, nbds://, nbd+unix://, nbds+unix://). */
+bool ep_is_nbd_uri(const char *name);
+
+/* Shared fallbacks a backend can put in its ops table. */
+int ep_bs_all_data(struct ep *ep, uint64_t off, uint64_t max, unsigned flags,
+                   uint64_t *len, int *kind);
+int ep_zero_by_write(struct ep *ep, uint64_t off, uint64_t len, unsigned flags);
+int ep_write_readonly(struct ep *ep, const void *buf, uint64_t len, uint64_t off);
+int ep_flush_noop(struct ep *ep);
+
+/* Close helper: NULL-safe. */
+static inline int ep_close(struct ep *ep) { return ep ? ep->ops->close(ep) : 0; }
+
+/* Info for `mirror-img info` (filled by the backend's info op through ep_info). */
+struct ep_info {
+    const char *format;
+    uint64_t virtual_size;
+    uint64_t file_size;       /* bytes the file takes (st_blocks * 512), 0 if unknown */
+    uint64_t allocated;       /* guest bytes allocated in this layer */
+    uint32_t cluster_size;    /* 0 if none */
+    int version;              /* qcow2: 2 or 3; 0 otherwise */
+    char features[256];       /* comma-separated: "lazy_refcounts,extended_l2,dirty,..." */
+    char backing_file[1024];  /* as named in the image, "" if none */
+    char backing_format[32];
+    char backing_path[4096];  /* resolved path, "" if none */
+};
+int ep_get_info(struct ep *ep, struct ep_info *info);
+
+#endif

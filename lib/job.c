@@ -1,0 +1,585 @@
+/* job.c: the mirror engine; see job.h for the model. */
+#include "job.h"
+#include "events.h"
+#include "util.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static const char *status_names[] = {
+    "created", "running", "paused", "ready", "standby", "waiting", "pending", "aborting", "concluded",
+};
+static const char *policy_names[] = {"report", "ignore", "enospc", "stop"};
+
+const char *job_status_name(int s) { return s >= 0 && s <= JOB_CONCLUDED ? status_names[s] : "?"; }
+const char *job_policy_name(int p) { return p >= 0 && p <= POLICY_STOP ? policy_names[p] : "?"; }
+
+int job_policy_parse(const char *s)
+{
+    for (int i = 0; i <= POLICY_STOP; i++)
+        if (!strcmp(s, policy_names[i]))
+            return i;
+    return -1;
+}
+
+static void sleep_ns(uint64_t ns)
+{
+    struct timespec ts = {(time_t)(ns / 1000000000ULL), (long)(ns % 1000000000ULL)};
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+}
+
+/* ---- events ---- */
+
+void job_event(struct job *job, const char *name, void (*fn)(struct json *j, void *arg), void *arg)
+{
+    if (!events_enabled())
+        return;
+    struct json j;
+    json_init(&j);
+    json_str_member(&j, "device", job->c.device);
+    json_str_member(&j, "type", job->c.type);
+    json_u64_member(&j, "len", __atomic_load_n(&job->len, __ATOMIC_RELAXED));
+    json_u64_member(&j, "offset", __atomic_load_n(&job->offset, __ATOMIC_RELAXED));
+    json_u64_member(&j, "speed", job->bucket.rate);
+    if (fn)
+        fn(&j, arg);
+    events_emit(name, &j);
+    json_free(&j);
+}
+
+static void status_member(struct json *j, void *arg)
+{
+    json_str_member(j, "status", job_status_name(*(int *)arg));
+}
+
+void job_set_status(struct job *job, int status)
+{
+    if (job->status == status)
+        return;
+    job->status = status;
+    if (!events_enabled())
+        return;
+    struct json j;
+    json_init(&j);
+    json_str_member(&j, "id", job->c.device);
+    json_str_member(&j, "status", job_status_name(status));
+    events_emit("JOB_STATUS_CHANGE", &j);
+    json_free(&j);
+    (void)status_member;
+}
+
+/* ---- set-up ---- */
+
+static int seed(struct job *job)
+{
+    unsigned flags = job->c.sync_top ? EP_BS_TOP : 0;
+    bool skip_zero = !job->need_zero_write;
+    uint64_t off = 0;
+    while (off < job->size) {
+        uint64_t len;
+        int kind;
+        int r = job->c.src->ops->block_status(job->c.src, off, job->size - off, flags, &len, &kind);
+        if (r < 0)
+            return r;
+        if (len == 0)
+            return mi_seterr(EIO, "%s: block status made no progress at offset %llu",
+                             job->c.src->name, (unsigned long long)off);
+        bool need = kind == EP_DATA || (kind == EP_ZERO && !skip_zero);
+        if (need) {
+            uint64_t first = off / job->chunk, last = (off + len - 1) / job->chunk;
+            bitmap_set_range(&job->dirty, first, last - first + 1);
+        }
+        off += len;
+    }
+    return 0;
+}
+
+int job_init(struct job *job, const struct job_config *c)
+{
+    memset(job, 0, sizeof *job);
+    job->c = *c;
+    if (!job->c.device)
+        job->c.device = c->dst->name;
+    if (!job->c.type)
+        job->c.type = "copy";
+    if (!job->c.max_passes)
+        job->c.max_passes = 5;
+    job->size = c->src->size;
+    uint32_t dalign = c->dst->align ? c->dst->align : 512;
+    job->unit = dalign > 4096 ? dalign : 4096;
+    job->chunk = mi_max(c->granularity ? c->granularity : 64 * 1024, dalign);
+    if (job->unit > job->chunk)
+        job->unit = (uint32_t)job->chunk;
+    job->nchunks = (job->size + job->chunk - 1) / job->chunk;
+    job->nworkers = c->threads ? c->threads : 1;
+    uint64_t buf = c->buf_size ? c->buf_size : 16 * MI_MiB;
+    job->req_max = mi_round_down(mi_min(buf / job->nworkers, 8 * MI_MiB), job->chunk);
+    if (job->req_max < job->chunk)
+        job->req_max = job->chunk;
+    job->need_zero_write = c->sync_top || !(c->target_is_zero || (c->dst->caps & EP_CAP_IS_ZERO));
+    pthread_mutex_init(&job->lock, NULL);
+    pthread_cond_init(&job->cond, NULL);
+    pthread_mutex_init(&job->bucket_lock, NULL);
+    bucket_init(&job->bucket, c->speed, mi_now_ns());
+    job->status = JOB_CREATED;
+    if (bitmap_init(&job->dirty, job->nchunks) < 0 || bitmap_init(&job->failed, job->nchunks) < 0)
+        return mi_seterr(ENOMEM, "out of memory for a bitmap of %llu chunks",
+                         (unsigned long long)job->nchunks);
+    if (!c->no_seed) {
+        int r = seed(job);
+        if (r < 0)
+            return r;
+        job->len = bitmap_count(&job->dirty) * job->chunk;
+        if (job->len > job->size)
+            job->len = job->size;
+    }
+    return 0;
+}
+
+void job_destroy(struct job *job)
+{
+    bitmap_free(&job->dirty);
+    bitmap_free(&job->failed);
+    free(job->threads);
+    pthread_mutex_destroy(&job->lock);
+    pthread_cond_destroy(&job->cond);
+    pthread_mutex_destroy(&job->bucket_lock);
+}
+
+void job_mark_dirty(struct job *job, uint64_t off, uint64_t len)
+{
+    if (!len)
+        return;
+    uint64_t first = off / job->chunk, last = (off + len - 1) / job->chunk;
+    bitmap_set_range(&job->dirty, first, last - first + 1);
+}
+
+/* ---- the data path ---- */
+
+enum { U_UNALLOC, U_ZERO, U_DATA };
+
+/* Classify each unit of [off, off+len) from the source's block status. */
+static int classify(struct job *job, uint64_t off, uint64_t len, uint8_t *cls)
+{
+    unsigned flags = job->c.sync_top ? EP_BS_TOP : 0;
+    uint64_t nunits = (len + job->unit - 1) / job->unit;
+    memset(cls, U_UNALLOC, nunits);
+    uint64_t pos = off, end = off + len;
+    while (pos < end) {
+        uint64_t n;
+        int kind;
+        int r = job->c.src->ops->block_status(job->c.src, pos, end - pos, flags, &n, &kind);
+        if (r < 0)
+            return r;
+        if (n == 0 || n > end - pos)
+            n = end - pos;
+        int c = kind == EP_DATA ? U_DATA : kind == EP_ZERO ? U_ZERO : U_UNALLOC;
+        /* A unit takes the strongest kind of anything inside it: data > zero > unallocated. */
+        uint64_t u0 = (pos - off) / job->unit, u1 = (pos + n - 1 - off) / job->unit;
+        for (uint64_t u = u0; u <= u1; u++)
+            if (cls[u] < c)
+                cls[u] = (uint8_t)c;
+        pos += n;
+    }
+    return 0;
+}
+
+struct werr {
+    int rc;
+    bool target; /* the target failed (else the source) */
+};
+
+static void throttle(struct job *job, uint64_t n)
+{
+    pthread_mutex_lock(&job->bucket_lock);
+    uint64_t wait = bucket_run(&job->bucket, n, mi_now_ns());
+    pthread_mutex_unlock(&job->bucket_lock);
+    /* Sleep in slices so cancel and set-speed are felt. */
+    while (wait && !__atomic_load_n(&job->cancel_req, __ATOMIC_RELAXED)) {
+        uint64_t s = mi_min(wait, 100000000ULL);
+        sleep_ns(s);
+        wait -= s;
+    }
+}
+
+static int write_units(struct job *job, const char *buf, uint64_t off, uint64_t len, struct werr *e)
+{
+    struct ep *dst = job->c.dst;
+    uint64_t pos = 0;
+    while (pos < len) {
+        uint64_t u = mi_min(job->unit, len - pos);
+        bool zero = mi_is_zero(buf + pos, u);
+        uint64_t run = u;
+        while (pos + run < len) {
+            uint64_t v = mi_min(job->unit, len - pos - run);
+            if (mi_is_zero(buf + pos + run, v) != zero)
+                break;
+            run += v;
+        }
+        int r = 0;
+        if (!zero) {
+            r = dst->ops->pwrite(dst, buf + pos, run, off + pos);
+            if (r == 0)
+                __atomic_fetch_add(&job->bytes_copied, run, __ATOMIC_RELAXED);
+        } else if (job->need_zero_write) {
+            r = dst->ops->zero(dst, off + pos, run, EP_ZERO_MAY_UNMAP);
+            if (r == 0)
+                __atomic_fetch_add(&job->bytes_zeroed, run, __ATOMIC_RELAXED);
+        }
+        if (r < 0) {
+            e->rc = r, e->target = true;
+            return r;
+        }
+        pos += run;
+    }
+    return 0;
+}
+
+/* Copy [off, off+len) (chunk aligned; may end at the image's end). */
+static int copy_range(struct job *job, char *buf, uint8_t *cls, uint64_t off, uint64_t len,
+                      struct werr *e)
+{
+    struct ep *src = job->c.src, *dst = job->c.dst;
+    int r = classify(job, off, len, cls);
+    if (r < 0) {
+        e->rc = r, e->target = false;
+        return r;
+    }
+    uint64_t nunits = (len + job->unit - 1) / job->unit;
+    for (uint64_t u = 0; u < nunits;) {
+        uint64_t v = u + 1;
+        while (v < nunits && cls[v] == cls[u])
+            v++;
+        uint64_t a = off + u * job->unit, b = mi_min(off + v * job->unit, off + len);
+        if (cls[u] == U_DATA) {
+            throttle(job, b - a);
+            r = src->ops->pread(src, buf, b - a, a);
+            if (r < 0) {
+                e->rc = r, e->target = false;
+                return r;
+            }
+            if (write_units(job, buf, a, b - a, e) < 0)
+                return e->rc;
+        } else if (cls[u] == U_ZERO && job->need_zero_write) {
+            r = dst->ops->zero(dst, a, b - a, EP_ZERO_MAY_UNMAP);
+            if (r < 0) {
+                e->rc = r, e->target = true;
+                return r;
+            }
+            __atomic_fetch_add(&job->bytes_zeroed, b - a, __ATOMIC_RELAXED);
+        }
+        u = v;
+    }
+    return 0;
+}
+
+/* ---- error policies ---- */
+
+struct err_info {
+    const char *op;
+    const char *action;
+    const char *msg;
+    uint64_t off, len;
+};
+
+static void err_members(struct json *j, void *arg)
+{
+    struct err_info *i = arg;
+    json_str_member(j, "operation", i->op);
+    json_str_member(j, "action", i->action);
+    json_u64_member(j, "error_offset", i->off);
+    json_u64_member(j, "error_len", i->len);
+    json_str_member(j, "message", i->msg);
+}
+
+static uint64_t take(struct job *job, uint64_t max, uint64_t *first)
+{
+    if (job->c.supply)
+        return job->c.supply->take(job->c.supply->ctx, job->cursor, max, first);
+    return bitmap_take_run(&job->dirty, job->cursor, max, first);
+}
+
+static void give_back(struct job *job, uint64_t first, uint64_t n, bool ok)
+{
+    if (job->c.supply)
+        job->c.supply->done(job->c.supply->ctx, first, n, ok);
+    else if (!ok)
+        bitmap_set_range(&job->dirty, first, n);
+}
+
+/* Called with the lock held after a request failed. */
+static void on_error(struct job *job, uint64_t first, uint64_t n, const struct werr *e)
+{
+    int policy = e->target ? job->c.on_target_error : job->c.on_source_error;
+    uint64_t off = first * job->chunk, len = mi_min(n * job->chunk, job->size - off);
+    struct err_info info = {e->target ? "write" : "read", "report", mi_lasterr(), off, len};
+    bool pause = policy == POLICY_STOP || (policy == POLICY_ENOSPC && e->rc == -ENOSPC);
+    if (pause) {
+        info.action = "stop";
+        give_back(job, first, n, false);
+        job->error_paused = true;
+        job_event(job, "BLOCK_JOB_ERROR", err_members, &info);
+        job_set_status(job, JOB_PAUSED);
+        return;
+    }
+    if (policy == POLICY_IGNORE) {
+        info.action = "ignore";
+        if (job->c.supply)
+            give_back(job, first, n, false);
+        else
+            bitmap_set_range(&job->failed, first, n);
+        job_event(job, "BLOCK_JOB_ERROR", err_members, &info);
+        return;
+    }
+    give_back(job, first, n, false);
+    job_event(job, "BLOCK_JOB_ERROR", err_members, &info);
+    if (!job->error) {
+        job->error = e->rc;
+        snprintf(job->error_msg, sizeof job->error_msg, "%s", mi_lasterr());
+    }
+}
+
+/* The ignore policy ran out of passes: fail, naming the ranges still failing. */
+static void fail_ignored(struct job *job)
+{
+    char *p = job->error_msg;
+    size_t room = sizeof job->error_msg;
+    int n = snprintf(p, room, "%s: ranges still failing after %u passes:", job->c.dst->name,
+                     job->c.max_passes);
+    uint64_t i = 0, shown = 0;
+    while ((i = bitmap_next_set(&job->failed, i)) < job->nchunks && n > 0 && (size_t)n < room) {
+        uint64_t j = bitmap_next_clear(&job->failed, i);
+        uint64_t off = i * job->chunk, end = mi_min(j * job->chunk, job->size);
+        if (shown++ == 8) {
+            n += snprintf(p + n, room - (size_t)n, " ...");
+            break;
+        }
+        n += snprintf(p + n, room - (size_t)n, " %llu+%llu", (unsigned long long)off,
+                      (unsigned long long)(end - off));
+        i = j;
+    }
+    job->error = -EIO;
+}
+
+/* ---- workers ---- */
+
+static bool should_wait(struct job *job)
+{
+    return (job->pause_req || job->error_paused) && !job->cancel_req && !job->error;
+}
+
+static void *worker(void *arg)
+{
+    struct job *job = arg;
+    char *buf = NULL;
+    uint8_t *cls = malloc(job->req_max / job->unit + 2);
+    if (posix_memalign((void **)&buf, 4096, job->req_max) != 0 || !cls) {
+        pthread_mutex_lock(&job->lock);
+        if (!job->error) {
+            job->error = -ENOMEM;
+            snprintf(job->error_msg, sizeof job->error_msg, "out of memory for buffers");
+        }
+        pthread_cond_broadcast(&job->cond);
+        pthread_mutex_unlock(&job->lock);
+        free(cls);
+        return NULL;
+    }
+    uint64_t max_chunks = job->req_max / job->chunk;
+    pthread_mutex_lock(&job->lock);
+    for (;;) {
+        while (should_wait(job))
+            pthread_cond_wait(&job->cond, &job->lock);
+        if (job->cancel_req || job->error || job->finished)
+            break;
+        uint64_t maxc = max_chunks;
+        if (job->bucket.rate) /* keep requests small enough for the rate to be smooth */
+            maxc = mi_max(1, mi_min(maxc, job->bucket.rate / 4 / job->chunk));
+        uint64_t first, n = take(job, maxc, &first);
+        if (n == 0 && job->cursor) {
+            job->cursor = 0;
+            n = take(job, maxc, &first);
+        }
+        if (n == 0) {
+            if (job->active == 0) {
+                if (bitmap_next_set(&job->failed, 0) < job->nchunks) {
+                    if (++job->pass >= job->c.max_passes) {
+                        fail_ignored(job);
+                        pthread_cond_broadcast(&job->cond);
+                        break;
+                    }
+                    /* Back off, then retry the failed runs. */
+                    job->active++;
+                    pthread_mutex_unlock(&job->lock);
+                    sleep_ns(50000000ULL << job->pass);
+                    pthread_mutex_lock(&job->lock);
+                    job->active--;
+                    for (uint64_t w = 0; w < job->failed.nwords; w++) {
+                        job->dirty.words[w] |= job->failed.words[w];
+                        job->failed.words[w] = 0;
+                    }
+                    continue;
+                }
+                if (!job->c.supply || !job->c.supply->idle ||
+                    job->c.supply->idle(job->c.supply->ctx, job)) {
+                    job->finished = true;
+                    pthread_cond_broadcast(&job->cond);
+                    break;
+                }
+            }
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += 20000000;
+            if (ts.tv_nsec >= 1000000000) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000;
+            }
+            pthread_cond_timedwait(&job->cond, &job->lock, &ts);
+            continue;
+        }
+        job->cursor = first + n;
+        job->active++;
+        pthread_mutex_unlock(&job->lock);
+
+        uint64_t off = first * job->chunk;
+        uint64_t len = mi_min(n * job->chunk, job->size - mi_min(off, job->size));
+        struct werr e = {0, false};
+        int r = len ? copy_range(job, buf, cls, off, len, &e) : 0;
+
+        pthread_mutex_lock(&job->lock);
+        job->active--;
+        if (r < 0) {
+            on_error(job, first, n, &e);
+        } else {
+            give_back(job, first, n, true);
+            if (!job->c.supply)
+                __atomic_fetch_add(&job->offset, len, __ATOMIC_RELAXED);
+        }
+        pthread_cond_broadcast(&job->cond);
+    }
+    pthread_cond_broadcast(&job->cond);
+    pthread_mutex_unlock(&job->lock);
+    free(buf);
+    free(cls);
+    return NULL;
+}
+
+int job_start(struct job *job)
+{
+    job->start_ns = mi_now_ns();
+    job->threads = calloc(job->nworkers, sizeof *job->threads);
+    if (!job->threads)
+        return mi_seterr(ENOMEM, "out of memory");
+    job_set_status(job, JOB_RUNNING);
+    for (unsigned i = 0; i < job->nworkers; i++) {
+        int r = pthread_create(&job->threads[i], NULL, worker, job);
+        if (r) {
+            job->nworkers = i;
+            job_cancel(job);
+            return mi_seterr(r, "cannot start a worker thread: %s", strerror(r));
+        }
+    }
+    return 0;
+}
+
+int job_wait(struct job *job, void (*tick)(struct job *job, void *arg), void *arg)
+{
+    pthread_mutex_lock(&job->lock);
+    uint64_t last_event = mi_now_ns();
+    while (!job->finished && !job->cancel_req && !job->error) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 100000000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&job->cond, &job->lock, &ts);
+        pthread_mutex_unlock(&job->lock);
+        if (tick)
+            tick(job, arg);
+        uint64_t now = mi_now_ns();
+        if (now - last_event >= 1000000000ULL) {
+            job_event(job, "BLOCK_JOB_PROGRESS", NULL, NULL);
+            last_event = now;
+        }
+        pthread_mutex_lock(&job->lock);
+    }
+    pthread_mutex_unlock(&job->lock);
+    for (unsigned i = 0; i < job->nworkers; i++)
+        pthread_join(job->threads[i], NULL);
+    job->end_ns = mi_now_ns();
+    if (tick)
+        tick(job, arg);
+    if (job->error) {
+        mi_seterr(-job->error, "%s", job->error_msg);
+        return job->error;
+    }
+    if (job->cancel_req)
+        return -ECANCELED;
+    return 0;
+}
+
+/* ---- control ---- */
+
+void job_pause(struct job *job)
+{
+    pthread_mutex_lock(&job->lock);
+    job->pause_req = true;
+    job_set_status(job, JOB_PAUSED);
+    pthread_cond_broadcast(&job->cond);
+    pthread_mutex_unlock(&job->lock);
+}
+
+void job_resume(struct job *job)
+{
+    pthread_mutex_lock(&job->lock);
+    job->pause_req = false;
+    job->error_paused = false;
+    job_set_status(job, job->status == JOB_PAUSED ? JOB_RUNNING : job->status);
+    pthread_cond_broadcast(&job->cond);
+    pthread_mutex_unlock(&job->lock);
+}
+
+void job_cancel(struct job *job)
+{
+    pthread_mutex_lock(&job->lock);
+    job->cancel_req = true;
+    pthread_cond_broadcast(&job->cond);
+    pthread_mutex_unlock(&job->lock);
+}
+
+void job_kick(struct job *job)
+{
+    pthread_mutex_lock(&job->lock);
+    pthread_cond_broadcast(&job->cond);
+    pthread_mutex_unlock(&job->lock);
+}
+
+void job_set_speed(struct job *job, uint64_t speed)
+{
+    pthread_mutex_lock(&job->bucket_lock);
+    bucket_adjust(&job->bucket, speed, mi_now_ns());
+    pthread_mutex_unlock(&job->bucket_lock);
+    job_kick(job);
+}
+
+void job_query(struct job *job, struct json *j)
+{
+    pthread_mutex_lock(&job->lock);
+    json_str_member(j, "device", job->c.device);
+    json_str_member(j, "type", job->c.type);
+    json_str_member(j, "status", job_status_name(job->status));
+    json_u64_member(j, "len", job->len);
+    json_u64_member(j, "offset", job->offset);
+    json_u64_member(j, "speed", job->bucket.rate);
+    json_u64_member(j, "bytes_copied", job->bytes_copied);
+    json_bool_member(j, "paused", job->pause_req || job->error_paused);
+    json_bool_member(j, "busy", job->active > 0);
+    json_u64_member(j, "granularity", job->chunk);
+    json_u64_member(j, "threads", job->nworkers);
+    pthread_mutex_unlock(&job->lock);
+}

@@ -1,0 +1,138 @@
+/* job.h: the mirror engine.
+ *
+ * A job copies the dirty chunks of a source endpoint to a target endpoint with a pool of
+ * workers.  `copy` seeds the dirty bitmap from the source's block status and runs until
+ * nothing is dirty; `follow` plugs its own chunk supply (the journal) into the same
+ * workers through struct job_supply.
+ *
+ * Job states (as QEMU's):
+ *
+ *   created --> running <--> paused          (pause/resume, or an error under stop/enospc)
+ *                  |  \
+ *                  |   ready  (follow: in sync at least once; keeps mirroring)
+ *                  v    |
+ *               pending/aborting --> concluded
+ *
+ * Each request: the worker takes a run of chunks (clearing them: clear before read), asks
+ * the source's block status for the run, reads only the units holding data, detects zeros
+ * in what it read, writes data units and zeroes zero units (or skips them when the target
+ * already reads as zeros).  On an error the policy decides: report (stop the job), ignore
+ * (retry the run later with backoff, a bounded number of passes), stop / enospc (pause
+ * with BLOCK_JOB_ERROR until resume).
+ */
+#ifndef MI_JOB_H
+#define MI_JOB_H
+
+#include "bitmap.h"
+#include "bucket.h"
+#include "endpoint.h"
+#include "json.h"
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+enum job_status {
+    JOB_CREATED, JOB_RUNNING, JOB_PAUSED, JOB_READY, JOB_STANDBY, JOB_WAITING,
+    JOB_PENDING, JOB_ABORTING, JOB_CONCLUDED,
+};
+const char *job_status_name(int status);
+
+enum job_policy { POLICY_REPORT, POLICY_IGNORE, POLICY_ENOSPC, POLICY_STOP };
+/* Parse a policy name; -1 when unknown. */
+int job_policy_parse(const char *s);
+const char *job_policy_name(int p);
+
+struct job;
+
+/* Where chunks come from.  The default (NULL) is the job's own bitmap, seeded from the
+ * source's block status. */
+struct job_supply {
+    void *ctx;
+    /* Take up to max dirty chunks in a run at or after *cursor (wrapping is the caller's
+     * business); returns the count and sets *first; 0 when nothing is dirty now. */
+    uint64_t (*take)(void *ctx, uint64_t cursor, uint64_t max, uint64_t *first);
+    /* A taken run was copied (ok) or must be copied again (!ok). */
+    void (*done)(void *ctx, uint64_t first, uint64_t n, bool ok);
+    /* Nothing dirty and no worker busy: return true to finish the job, false to wait for
+     * more (follow).  Called with the job lock held. */
+    bool (*idle)(void *ctx, struct job *job);
+};
+
+struct job_config {
+    struct ep *src, *dst;
+    const char *device;       /* the job's id in events */
+    const char *type;         /* "copy" or "mirror" */
+    uint64_t granularity;     /* chunk size; raised to the target's alignment */
+    uint64_t buf_size;        /* memory for buffers, split across workers */
+    unsigned threads;
+    uint64_t speed;           /* bytes/s, 0 = unlimited */
+    int on_source_error, on_target_error;
+    bool sync_top;            /* copy only what the source's top layer allocates */
+    bool target_is_zero;      /* the target reads as zeros already */
+    bool no_seed;             /* don't seed from block status (the supply decides) */
+    unsigned max_passes;      /* ignore policy: passes over failing chunks (0 = 5) */
+    const struct job_supply *supply;
+};
+
+struct job {
+    struct job_config c;
+    uint64_t size;          /* bytes mirrored */
+    uint64_t chunk;         /* chunk size in bytes */
+    uint64_t nchunks;
+    uint32_t unit;          /* zero-detection and alignment unit */
+    uint64_t req_max;       /* bytes per request */
+    bool need_zero_write;   /* zero units must be written (target not known zero) */
+    unsigned nworkers;
+
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    struct bitmap dirty;    /* default supply */
+    struct bitmap failed;   /* ignore policy: runs to retry on the next pass */
+    uint64_t cursor;
+    int status;
+    bool pause_req, cancel_req, error_paused, finished;
+    int error;              /* first fatal error (-errno) */
+    char error_msg[1024];
+    unsigned active;        /* workers inside a request */
+    unsigned pass;
+
+    struct bucket bucket;
+    pthread_mutex_t bucket_lock;
+
+    uint64_t len;           /* progress: total work in bytes */
+    uint64_t offset;        /* progress: work done */
+    uint64_t bytes_copied;  /* bytes written to the target (data, not zeroes) */
+    uint64_t bytes_zeroed;
+    uint64_t start_ns, end_ns;
+    pthread_t *threads;
+};
+
+/* Validate the config, pick the chunk size and seed the dirty bitmap.  Returns 0 or -errno
+ * with a message. */
+int job_init(struct job *job, const struct job_config *c);
+/* Start the workers (status running). */
+int job_start(struct job *job);
+/* Wait until the job finishes, printing progress (-p) every 100 ms via the callback;
+ * returns 0 (complete), -ECANCELED, or the first error. */
+int job_wait(struct job *job, void (*tick)(struct job *job, void *arg), void *arg);
+void job_destroy(struct job *job);
+
+/* Control, from any thread. */
+void job_pause(struct job *job);
+void job_resume(struct job *job);
+void job_cancel(struct job *job);
+void job_set_speed(struct job *job, uint64_t speed);
+/* Members of a query-block-jobs-like answer (device, len, offset, speed, status...). */
+void job_query(struct job *job, struct json *j);
+/* Wake the workers (the supply has new dirty chunks). */
+void job_kick(struct job *job);
+/* Set the status and emit JOB_STATUS_CHANGE (lock held or not: takes care of itself). */
+void job_set_status(struct job *job, int status);
+/* Mark [off, off+len) of the default bitmap dirty (bytes). */
+void job_mark_dirty(struct job *job, uint64_t off, uint64_t len);
+
+/* Emit an event with the job's device/len/offset/speed plus extra members built by fn. */
+void job_event(struct job *job, const char *name, void (*fn)(struct json *j, void *arg), void *arg);
+
+#endif

@@ -1,0 +1,21 @@
+#!/bin/sh
+# Install the Debian packages mirror-img needs to build and test, when any is missing.
+# Build: gcc make pkg-config libqcow-dev zlib1g-dev libzstd-dev libnbd-dev.
+# Tests: bats bats-support bats-assert qemu-utils nbdkit libnbd-bin fio python3 groff.
+set -e
+pkgs="gcc make pkg-config libqcow-dev zlib1g-dev libzstd-dev libnbd-dev
+      bats bats-support bats-assert qemu-utils nbdkit libnbd-bin fio python3 groff-base
+      procps util-linux time"
+missing=
+for p in $pkgs; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+    echo "mirror-img: missing Debian packages:$missing (run 'make deps' as root, or install them)" >&2
+    exit 1
+fi
+echo "Installing:$missing"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends $missing >/dev/null

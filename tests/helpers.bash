@@ -1,0 +1,46 @@
+# helpers.bash: shared set-up for the bats suites.
+# MI is the binary under test (build/mirror-img, or the ASan build when run.sh says so).
+bats_load_library bats-support 2>/dev/null || load /usr/lib/bats/bats-support/load
+bats_load_library bats-assert 2>/dev/null || load /usr/lib/bats/bats-assert/load
+
+TOP=$(cd "$BATS_TEST_DIRNAME/.." && pwd)
+MI=${MI:-$TOP/build/mirror-img}
+export MIRROR_IMG_SHIM=${MIRROR_IMG_SHIM:-$TOP/build/mirror-img-shim.so}
+T=$BATS_TEST_TMPDIR
+
+# requires CMD...: skip (never pass) when a tool is missing.
+requires() {
+    local c
+    for c in "$@"; do
+        command -v "$c" >/dev/null 2>&1 || skip "$c is not installed"
+    done
+}
+
+# Cleanup actions registered with on_exit run in teardown, last first.
+_MI_CLEANUP=()
+on_exit() { _MI_CLEANUP+=("$*"); }
+teardown() {
+    local i
+    for ((i = ${#_MI_CLEANUP[@]} - 1; i >= 0; i--)); do
+        eval "${_MI_CLEANUP[$i]}" >/dev/null 2>&1 || true
+    done
+    _MI_CLEANUP=()
+}
+
+# qemu_same A B: QEMU's own judgement that two images read the same.
+qemu_same() {
+    run qemu-img compare "$1" "$2"
+    assert_success
+}
+
+# qcow2_ok IMG: qemu-img check finds no error and no leak.
+qcow2_ok() {
+    run qemu-img check "$1"
+    assert_success
+}
+
+# alloc_bytes FILE: bytes the file takes on disk.
+alloc_bytes() { echo $(( $(stat -c %b "$1") * 512 )); }
+
+# rand_file FILE SIZE_MIB: a file of random bytes.
+rand_file() { head -c "$(( $2 * 1024 * 1024 ))" /dev/urandom > "$1"; }
