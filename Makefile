@@ -50,9 +50,9 @@ $(B)/mirror-img-shim.so: $(SHIM_SRC) lib/journal.h | $(B)/.deps
 	$(CC) -std=gnu11 -Wall -Wextra -D_GNU_SOURCE -Ilib -O2 -g -fPIC -shared \
 		-fvisibility=hidden -DMI_SHIM -o $@ $(SHIM_SRC) -ldl $(EXTRA_SHIM_FLAGS)
 
-$(B)/tests/%: tests/unit/%.c $(CORE_OBJ)
+$(B)/tests/%: tests/unit/%.c $(CORE_OBJ) tests/unit/tap.h
 	@mkdir -p $(dir $@)
-	$(CC) $(MI_CFLAGS) -o $@ $^ $(MI_LDFLAGS) $(PKG_LIBS) -lm
+	$(CC) $(MI_CFLAGS) -Itests/unit -o $@ $(filter %.c %.o,$^) $(MI_LDFLAGS) $(PKG_LIBS) -lm
 
 # Tests: the bats suites against the normal build, then against an ASan/UBSan build.
 check: all

@@ -44,3 +44,23 @@ alloc_bytes() { echo $(( $(stat -c %b "$1") * 512 )); }
 
 # rand_file FILE SIZE_MIB: a file of random bytes.
 rand_file() { head -c "$(( $2 * 1024 * 1024 ))" /dev/urandom > "$1"; }
+
+# nbdkit_start SOCK ARGS...: start nbdkit on a Unix socket in the background (stopped at
+# teardown); the URI is nbd+unix:///?socket=SOCK.
+nbdkit_start() {
+    local sock=$1
+    shift
+    requires nbdkit
+    nbdkit -f --exit-with-parent -U "$sock" -P "$sock.pid" "$@" </dev/null >"$sock.log" 2>&1 3>&- &
+    local i
+    for i in $(seq 50); do [ -S "$sock" ] && [ -s "$sock.pid" ] && break; sleep 0.1; done
+    [ -S "$sock" ] || fail "nbdkit did not start on $sock"
+    on_exit "kill \$(cat '$sock.pid') 2>/dev/null"
+}
+
+# wait_for CMD...: retry CMD for up to 10 s.
+wait_for() {
+    local i
+    for i in $(seq 100); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
+    return 1
+}
