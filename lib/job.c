@@ -455,8 +455,7 @@ static void *worker(void *arg)
             on_error(job, first, n, &e);
         } else {
             give_back(job, first, n, true);
-            if (!job->c.supply)
-                __atomic_fetch_add(&job->offset, len, __ATOMIC_RELAXED);
+            __atomic_fetch_add(&job->offset, len, __ATOMIC_RELAXED);
         }
         pthread_cond_broadcast(&job->cond);
     }
@@ -503,7 +502,7 @@ int job_wait(struct job *job, void (*tick)(struct job *job, void *arg), void *ar
             tick(job, arg);
         uint64_t now = mi_now_ns();
         if (now - last_event >= 1000000000ULL) {
-            job_event(job, "BLOCK_JOB_PROGRESS", NULL, NULL);
+            job_event(job, "BLOCK_JOB_PROGRESS", job->c.extra, job->c.extra_ctx);
             last_event = now;
         }
         pthread_mutex_lock(&job->lock);
@@ -552,6 +551,33 @@ void job_cancel(struct job *job)
     pthread_mutex_unlock(&job->lock);
 }
 
+void job_fail(struct job *job, int err, const char *msg)
+{
+    pthread_mutex_lock(&job->lock);
+    if (!job->error) {
+        job->error = err < 0 ? err : -EIO;
+        snprintf(job->error_msg, sizeof job->error_msg, "%s", msg);
+    }
+    pthread_cond_broadcast(&job->cond);
+    pthread_mutex_unlock(&job->lock);
+}
+
+void job_finish(struct job *job)
+{
+    pthread_mutex_lock(&job->lock);
+    job->finished = true;
+    pthread_cond_broadcast(&job->cond);
+    pthread_mutex_unlock(&job->lock);
+}
+
+bool job_idle(struct job *job)
+{
+    pthread_mutex_lock(&job->lock);
+    bool idle = job->active == 0;
+    pthread_mutex_unlock(&job->lock);
+    return idle;
+}
+
 void job_kick(struct job *job)
 {
     pthread_mutex_lock(&job->lock);
@@ -582,4 +608,6 @@ void job_query(struct job *job, struct json *j)
     json_u64_member(j, "granularity", job->chunk);
     json_u64_member(j, "threads", job->nworkers);
     pthread_mutex_unlock(&job->lock);
+    if (job->c.extra)
+        job->c.extra(j, job->c.extra_ctx);
 }

@@ -73,6 +73,9 @@ struct job_config {
     bool no_seed;             /* don't seed from block status (the supply decides) */
     unsigned max_passes;      /* ignore policy: passes over failing chunks (0 = 5) */
     const struct job_supply *supply;
+    /* Optional: more members for status answers and progress events (follow's backlog). */
+    void (*extra)(struct json *j, void *ctx);
+    void *extra_ctx;
 };
 
 struct job {
@@ -125,6 +128,12 @@ void job_cancel(struct job *job);
 void job_set_speed(struct job *job, uint64_t speed);
 /* Members of a query-block-jobs-like answer (device, len, offset, speed, status...). */
 void job_query(struct job *job, struct json *j);
+/* Fail the job with err and msg (the first failure wins); workers stop. */
+void job_fail(struct job *job, int err, const char *msg);
+/* End the job successfully: workers stop after their current request (follow's complete). */
+void job_finish(struct job *job);
+/* No worker is inside a request. */
+bool job_idle(struct job *job);
 /* Wake the workers (the supply has new dirty chunks). */
 void job_kick(struct job *job);
 /* Set the status and emit JOB_STATUS_CHANGE (lock held or not: takes care of itself). */

@@ -1,0 +1,1196 @@
+/* journal.c: see journal.h.  Built twice: into mirror-img, and into the shim with
+ * -DMI_SHIM (libc only: no util.c there, and nothing that the shim does not need). */
+#include "journal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#ifndef MI_SHIM
+#include "util.h"
+#endif
+
+char mij_errbuf[512];
+
+/* Leave a message (and in mirror-img, the thread's error message); return -code. */
+__attribute__((format(printf, 2, 3))) static int jerr(int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(mij_errbuf, sizeof mij_errbuf, fmt, ap);
+    va_end(ap);
+#ifndef MI_SHIM
+    mi_seterr(code, "%s", mij_errbuf);
+#endif
+    return -code;
+}
+
+void mij_untrust(struct mij *j, enum mij_reason r, int pid)
+{
+    uint64_t bit = MIJ_U_BIT(r);
+    if (MIJ_LOADR(&j->h->untrusted) & bit)
+        return;
+    uint64_t old = __atomic_fetch_or(&j->h->untrusted, bit, __ATOMIC_SEQ_CST);
+    if (!(old & bit)) {
+        __atomic_store_n(&j->h->why[r].pid, pid, __ATOMIC_RELAXED);
+        __atomic_store_n(&j->h->why[r].ns, mij_clock(CLOCK_REALTIME), __ATOMIC_RELAXED);
+    }
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Mapping and validation                                                               */
+
+static uint64_t bitmap_bytes_for(uint64_t nchunks)
+{
+    uint64_t words = (nchunks + 63) / 64;
+    return (words * 8 + 4095) / 4096 * 4096;
+}
+
+/* Every field that says where something is must be exactly what version 1 computes. */
+static int validate(const struct mij_header *h, uint64_t fsize, const char *path)
+{
+    if (memcmp(h->magic, MIJ_MAGIC, 8))
+        return jerr(EINVAL, "%s: not a mirror-img journal (bad magic)", path);
+    if (h->bom != MIJ_BOM)
+        return jerr(EINVAL, "%s: journal was written on a machine of another byte order", path);
+    if (h->version != MIJ_VERSION)
+        return jerr(EINVAL, "%s: journal version %u is not supported (this mirror-img knows %u)",
+                    path, h->version, MIJ_VERSION);
+    uint64_t g = h->granularity;
+    if (g < MIJ_MIN_GRANULARITY || g > MIJ_MAX_GRANULARITY || (g & (g - 1)))
+        return jerr(EINVAL, "%s: corrupted journal: granularity %llu", path, (unsigned long long)g);
+    if (!h->nchunks || h->nchunks > MIJ_MAX_CHUNKS || h->covered / g != h->nchunks ||
+        h->covered % g)
+        return jerr(EINVAL, "%s: corrupted journal: %llu chunks for %llu bytes", path,
+                    (unsigned long long)h->nchunks, (unsigned long long)h->covered);
+    uint64_t bb = bitmap_bytes_for(h->nchunks);
+    if (h->header_size != MIJ_HEADER_SIZE || h->bitmap_bytes != bb ||
+        h->dirty_off != MIJ_HEADER_SIZE || h->copying_off != MIJ_HEADER_SIZE + bb ||
+        h->file_size != MIJ_HEADER_SIZE + 2 * bb || h->slots_off != MIJ_OFF_SLOTS ||
+        h->nslots != MIJ_NSLOTS || h->slot_size != sizeof(struct mij_slot) ||
+        h->ring_off != MIJ_OFF_RING || h->nring != MIJ_NRING ||
+        h->rec_size != sizeof(struct mij_rec) || h->paths_off != MIJ_OFF_SRC_PATH)
+        return jerr(EINVAL, "%s: corrupted journal: inconsistent layout", path);
+    if (h->file_size != fsize)
+        return jerr(EINVAL, "%s: %s journal: %llu bytes, its header says %llu", path,
+                    fsize < h->file_size ? "truncated" : "corrupted",
+                    (unsigned long long)fsize, (unsigned long long)h->file_size);
+    if (h->src_type != S_IFREG && h->src_type != S_IFBLK)
+        return jerr(EINVAL, "%s: corrupted journal: source type %#x", path, h->src_type);
+    return 0;
+}
+
+int mij_map(struct mij *j, int fd, const char *path, bool rdonly)
+{
+    struct stat st;
+    memset(j, 0, sizeof *j);
+    j->fd = -1;
+    if (fstat(fd, &st) < 0)
+        return jerr(errno, "%s: %s", path, strerror(errno));
+    if (!S_ISREG(st.st_mode))
+        return jerr(EINVAL, "%s: not a mirror-img journal (not a regular file)", path);
+    if ((uint64_t)st.st_size < MIJ_HEADER_SIZE) {
+        if (st.st_size >= 8) {
+            char magic[8];
+            if (pread(fd, magic, 8, 0) == 8 && !memcmp(magic, MIJ_MAGIC, 8))
+                return jerr(EINVAL, "%s: truncated journal: %llu bytes", path,
+                            (unsigned long long)st.st_size);
+        }
+        return jerr(EINVAL, "%s: not a mirror-img journal (%s)", path,
+                    st.st_size ? "too small" : "empty file");
+    }
+    void *p = mmap(NULL, (size_t)st.st_size, PROT_READ | (rdonly ? 0 : PROT_WRITE), MAP_SHARED,
+                   fd, 0);
+    if (p == MAP_FAILED)
+        return jerr(errno, "%s: cannot map the journal: %s", path, strerror(errno));
+    int r = validate(p, (uint64_t)st.st_size, path);
+    if (r < 0) {
+        munmap(p, (size_t)st.st_size);
+        return r;
+    }
+    j->base = p;
+    j->h = p;
+    j->size = (size_t)st.st_size;
+    j->dirty = (uint64_t *)(j->base + j->h->dirty_off);
+    j->copying = (uint64_t *)(j->base + j->h->copying_off);
+    j->slots = (struct mij_slot *)(j->base + MIJ_OFF_SLOTS);
+    j->ring = (struct mij_rec *)(j->base + MIJ_OFF_RING);
+    j->nchunks = j->h->nchunks;
+    j->covered = j->h->covered;
+    j->words = (j->nchunks + 63) / 64;
+    j->shift = (unsigned)__builtin_ctzll(j->h->granularity);
+    j->rdonly = rdonly;
+    /* Paths are NUL-terminated inside their 4 KiB (a corrupted one is cut, not overrun). */
+    if (!rdonly)
+        for (unsigned i = 0; i < 3; i++)
+            j->base[MIJ_OFF_SRC_PATH + i * MIJ_PATH_MAX + MIJ_PATH_MAX - 1] = '\0';
+    return 0;
+}
+
+void mij_unmap(struct mij *j)
+{
+    if (j->base)
+        munmap(j->base, j->size);
+    j->base = NULL;
+    j->h = NULL;
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Processes                                                                            */
+
+/* Async-signal-safe enough for a fork child: no stdio, no allocation. */
+int mij_proc_stat(int pid, char *state, uint64_t *start_ticks)
+{
+    char path[32] = "/proc/", digits[12];
+    int n = 0;
+    unsigned v = (unsigned)pid;
+    do
+        digits[n++] = (char)('0' + v % 10);
+    while ((v /= 10) && n < 11);
+    size_t l = 6;
+    while (n)
+        path[l++] = digits[--n];
+    memcpy(path + l, "/stat", 6);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    char buf[1024];
+    ssize_t got = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (got <= 0)
+        return -EIO;
+    buf[got] = '\0';
+    char *p = strrchr(buf, ')');
+    if (!p || p[1] != ' ')
+        return -EIO;
+    p += 2;
+    *state = *p;
+    /* state is field 3, starttime field 22 */
+    for (int f = 3; f < 22; f++) {
+        p = strchr(p, ' ');
+        if (!p)
+            return -EIO;
+        p++;
+    }
+    uint64_t t = 0;
+    while (*p >= '0' && *p <= '9')
+        t = t * 10 + (uint64_t)(*p++ - '0');
+    *start_ticks = t;
+    return 0;
+}
+
+bool mij_pid_alive(int pid, uint64_t start_ticks)
+{
+    if (pid <= 0)
+        return pid == -1;
+    char state;
+    uint64_t t;
+    int r = mij_proc_stat(pid, &state, &t);
+    if (r == -ENOENT || r == -ESRCH)
+        return false;
+    if (r < 0) /* no /proc: fall back to kill(0) (zombies look alive) */
+        return !(kill(pid, 0) < 0 && errno == ESRCH);
+    if (state == 'Z' || state == 'X' || state == 'x')
+        return false;
+    return !start_ticks || t == start_ticks;
+}
+
+static void slot_init(struct mij *j, struct mij_slot *s, uint64_t start, bool reset_inflight)
+{
+    if (reset_inflight) /* only when no thread of the previous owner can still run */
+        MIJ_STORE(&s->inflight, 0);
+    MIJ_STORE(&s->waiting, 0);
+    MIJ_STORE(&s->tracked, 0);
+    MIJ_STORE(&s->nmaps, 0);
+    MIJ_STORE(&s->pivot_err, 0);
+    MIJ_STORE(&s->pivot_ack, MIJ_LOAD(&j->h->pivot_gen));
+    MIJ_STORE(&s->flags, 0);
+    MIJ_STORE(&s->start_ticks, start);
+    MIJ_STORE(&s->reg_ns, mij_clock(CLOCK_REALTIME));
+    MIJ_STORE(&s->last_ns, 0);
+    MIJ_STORE(&s->bytes_base, MIJ_LOAD(&s->bytes));
+    MIJ_STORE(&s->writes_base, MIJ_LOAD(&s->writes));
+}
+
+struct mij_slot *mij_register(struct mij *j, int pid)
+{
+    char state;
+    uint64_t start = 0;
+    mij_proc_stat(pid, &state, &start);
+    /* Our own pid: the slot of the image we exec'd from (its threads are gone). */
+    for (unsigned i = 1; i < MIJ_NSLOTS; i++)
+        if (MIJ_LOAD(&j->slots[i].pid) == pid) {
+            slot_init(j, &j->slots[i], start, true);
+            return &j->slots[i];
+        }
+    for (unsigned i = 1; i < MIJ_NSLOTS; i++) {
+        int32_t zero = 0;
+        if (!MIJ_LOADR(&j->slots[i].pid) &&
+            __atomic_compare_exchange_n(&j->slots[i].pid, &zero, pid, false, __ATOMIC_SEQ_CST,
+                                        __ATOMIC_SEQ_CST)) {
+            slot_init(j, &j->slots[i], start, true);
+            return &j->slots[i];
+        }
+    }
+    /* Full: reclaim the slot of a process that is gone. */
+    for (unsigned i = 1; i < MIJ_NSLOTS; i++) {
+        int32_t p = MIJ_LOAD(&j->slots[i].pid);
+        if (p > 0 && !mij_pid_alive(p, MIJ_LOAD(&j->slots[i].start_ticks)) &&
+            __atomic_compare_exchange_n(&j->slots[i].pid, &p, pid, false, __ATOMIC_SEQ_CST,
+                                        __ATOMIC_SEQ_CST)) {
+            slot_init(j, &j->slots[i], start, true);
+            return &j->slots[i];
+        }
+    }
+    return &j->slots[0];
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Writer: held by a quiesce                                                            */
+
+int mij_w_hold(struct mij *j, struct mij_slot *s, void (*on_wake)(void))
+{
+    struct mij_header *h = j->h;
+    int expired = 0;
+    __atomic_fetch_add(&s->waiting, 1, __ATOMIC_SEQ_CST);
+    for (;;) {
+        if (on_wake)
+            on_wake();
+        if (!MIJ_LOAD(&h->quiesce))
+            break;
+        uint64_t exp = MIJ_LOAD(&h->lease_expiry_ns), now = mij_clock(CLOCK_MONOTONIC);
+        if (now >= exp) {
+            expired = 1;
+            break;
+        }
+        uint64_t d = exp - now;
+        if (d > 50000000)
+            d = 50000000; /* re-check now and then: a lease can be shortened */
+        struct timespec ts = {(time_t)(d / 1000000000), (long)(d % 1000000000)};
+        /* Shared futex on the journal page: woken by mij_quiesce_end. */
+        syscall(SYS_futex, &h->quiesce, FUTEX_WAIT, 1, &ts, NULL, 0);
+    }
+    __atomic_fetch_sub(&s->waiting, 1, __ATOMIC_SEQ_CST);
+    return expired;
+}
+
+#ifndef MI_SHIM
+/* ================================================================================== */
+/* Follower side                                                                        */
+
+#include <sys/ioctl.h>
+#include <linux/fs.h>
+
+static void futex_wake_all(uint32_t *w)
+{
+    syscall(SYS_futex, w, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+static int open_fd(const char *jpath, unsigned flags, struct mij **out)
+{
+    int fd = open(jpath, ((flags & MIJ_RDONLY) ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+    if (fd < 0) {
+        int e = errno;
+        if (e == ENOENT)
+            return jerr(e, "%s: no such journal", jpath);
+        return jerr(e, "%s: cannot open the journal: %s", jpath, strerror(e));
+    }
+    struct mij *j = calloc(1, sizeof *j);
+    if (!j) {
+        close(fd);
+        return jerr(ENOMEM, "%s: out of memory", jpath);
+    }
+    int r = mij_map(j, fd, jpath, flags & MIJ_RDONLY);
+    if (r < 0) {
+        close(fd);
+        free(j);
+        return r;
+    }
+    j->fd = fd;
+    j->path = strdup(jpath);
+    *out = j;
+    return 0;
+}
+
+int mij_open(const char *jpath, unsigned flags, struct mij **out)
+{
+    return open_fd(jpath, flags, out);
+}
+
+void mij_close(struct mij *j)
+{
+    if (!j)
+        return;
+    if (j->following)
+        mij_unfollow(j);
+    mij_unmap(j);
+    if (j->fd >= 0)
+        close(j->fd);
+    free(j->path);
+    free(j);
+}
+
+int mij_check_source(struct mij *j, const struct stat *st, const char *path)
+{
+    if (mij_is_source(j->h, st))
+        return 0;
+    return jerr(ESTALE, "%s: journal is for %s (device %llu, inode %llu), not %s", j->path,
+                mij_source_path(j), (unsigned long long)j->h->src_dev,
+                (unsigned long long)j->h->src_ino, path);
+}
+
+int mij_check_alive(struct mij *j)
+{
+    struct stat st;
+    if (fstat(j->fd, &st) < 0)
+        return jerr(errno, "%s: %s", j->path, strerror(errno));
+    if ((uint64_t)st.st_size != j->size)
+        return jerr(EIO, "%s: the journal was truncated or replaced under us (%llu bytes, "
+                    "expected %llu)", j->path, (unsigned long long)st.st_size,
+                    (unsigned long long)j->size);
+    return 0;
+}
+
+static int source_size(int fd, const struct stat *st, uint64_t *size)
+{
+    if (S_ISBLK(st->st_mode)) {
+        uint64_t s;
+        if (ioctl(fd, BLKGETSIZE64, &s) < 0)
+            return -errno;
+        *size = s;
+    } else {
+        *size = (uint64_t)st->st_size;
+    }
+    return 0;
+}
+
+/* Fill a fresh header for the source. */
+static void init_header(struct mij *j, uint64_t gran, uint64_t nchunks, uint64_t bb,
+                        const struct stat *st, uint64_t size, const char *srcpath)
+{
+    struct mij_header *h = j->h;
+    memcpy(h->magic, MIJ_MAGIC, 8);
+    h->bom = MIJ_BOM;
+    h->version = MIJ_VERSION;
+    h->header_size = MIJ_HEADER_SIZE;
+    h->granularity = gran;
+    h->nchunks = nchunks;
+    h->covered = nchunks * gran;
+    h->bitmap_bytes = bb;
+    h->dirty_off = MIJ_HEADER_SIZE;
+    h->copying_off = MIJ_HEADER_SIZE + bb;
+    h->file_size = MIJ_HEADER_SIZE + 2 * bb;
+    h->slots_off = MIJ_OFF_SLOTS;
+    h->nslots = MIJ_NSLOTS;
+    h->slot_size = sizeof(struct mij_slot);
+    h->ring_off = MIJ_OFF_RING;
+    h->nring = MIJ_NRING;
+    h->rec_size = sizeof(struct mij_rec);
+    h->paths_off = MIJ_OFF_SRC_PATH;
+    h->created_ns = mij_clock(CLOCK_REALTIME);
+    h->src_type = S_ISBLK(st->st_mode) ? S_IFBLK : S_IFREG;
+    h->src_dev = (uint64_t)st->st_dev;
+    h->src_ino = (uint64_t)st->st_ino;
+    h->src_rdev = (uint64_t)st->st_rdev;
+    h->src_size0 = size;
+    snprintf((char *)j->base + MIJ_OFF_SRC_PATH, MIJ_PATH_MAX, "%s", srcpath);
+    struct mij_slot *ovf = (struct mij_slot *)(j->base + MIJ_OFF_SLOTS);
+    ovf->pid = -1;
+}
+
+/* Link the finished temporary file to its name; -EEXIST if somebody was faster. */
+static int publish(const char *tmp, const char *jpath)
+{
+    if (link(tmp, jpath) == 0) {
+        unlink(tmp);
+        return 0;
+    }
+    int e = errno;
+    if (e == EPERM || e == ENOTSUP || e == EOPNOTSUPP || e == EMLINK) {
+        if (renameat2(AT_FDCWD, tmp, AT_FDCWD, jpath, RENAME_NOREPLACE) == 0)
+            return 0;
+        e = errno;
+    }
+    unlink(tmp);
+    return -e;
+}
+
+static int create_new(const char *jpath, int sfd, const struct stat *st, uint64_t size,
+                      const char *srcpath, uint64_t gran, uint64_t covered, struct mij **out)
+{
+    uint64_t nchunks = covered / gran;
+    uint64_t bb = bitmap_bytes_for(nchunks);
+    uint64_t fsize = MIJ_HEADER_SIZE + 2 * bb;
+    (void)sfd;
+    size_t l = strlen(jpath);
+    char *tmp = malloc(l + 16);
+    if (!tmp)
+        return jerr(ENOMEM, "%s: out of memory", jpath);
+    const char *slash = strrchr(jpath, '/');
+    size_t dl = slash ? (size_t)(slash - jpath) + 1 : 0;
+    memcpy(tmp, jpath, dl);
+    snprintf(tmp + dl, l + 16 - dl, ".%.*s.XXXXXX", (int)(l - dl > 200 ? 200 : l - dl), jpath + dl);
+    int fd = mkostemp(tmp, O_CLOEXEC);
+    if (fd < 0) {
+        int e = errno;
+        free(tmp);
+        return jerr(e, "%s: cannot create the journal: %s", jpath, strerror(e));
+    }
+    int r;
+    if (fchmod(fd, 0600) < 0 || ftruncate(fd, (off_t)fsize) < 0) {
+        r = jerr(errno, "%s: cannot create the journal: %s", jpath, strerror(errno));
+        goto fail;
+    }
+    struct mij *j = calloc(1, sizeof *j);
+    if (!j) {
+        r = jerr(ENOMEM, "%s: out of memory", jpath);
+        goto fail;
+    }
+    void *p = mmap(NULL, fsize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) {
+        r = jerr(errno, "%s: cannot map the journal: %s", jpath, strerror(errno));
+        free(j);
+        goto fail;
+    }
+    j->base = p;
+    j->h = p;
+    init_header(j, gran, nchunks, bb, st, size, srcpath);
+    munmap(p, fsize);
+    free(j);
+    if (fsync(fd) < 0) {
+        r = jerr(errno, "%s: cannot write the journal: %s", jpath, strerror(errno));
+        goto fail;
+    }
+    r = publish(tmp, jpath);
+    if (r < 0) {
+        close(fd);
+        free(tmp);
+        if (r == -EEXIST)
+            return r;
+        return jerr(-r, "%s: cannot create the journal: %s", jpath, strerror(-r));
+    }
+    free(tmp);
+    close(fd);
+    return open_fd(jpath, 0, out);
+fail:
+    close(fd);
+    unlink(tmp);
+    free(tmp);
+    return r;
+}
+
+int mij_create(const char *jpath, const char *src, const struct mij_create_opts *o,
+               struct mij **out, bool *created)
+{
+    struct mij_create_opts def = {0};
+    if (!o)
+        o = &def;
+    if (created)
+        *created = false;
+    int sfd = open(src, O_RDONLY | O_CLOEXEC);
+    if (sfd < 0)
+        return jerr(errno, "%s: %s", src, strerror(errno));
+    struct stat st;
+    uint64_t size = 0;
+    int r;
+    if (fstat(sfd, &st) < 0 || (r = source_size(sfd, &st, &size)) < 0) {
+        r = jerr(errno, "%s: %s", src, strerror(errno));
+        goto out;
+    }
+    if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
+        r = jerr(EINVAL, "%s: not a regular file or block device", src);
+        goto out;
+    }
+    uint64_t gran = o->granularity ? o->granularity : MIJ_DEFAULT_GRANULARITY;
+    if (gran < MIJ_MIN_GRANULARITY || gran > MIJ_MAX_GRANULARITY || (gran & (gran - 1))) {
+        r = jerr(EINVAL, "%s: granularity must be a power of two from 512 to 1G", jpath);
+        goto out;
+    }
+    for (int attempt = 0; attempt < 3; attempt++) {
+        struct mij *j;
+        r = open_fd(jpath, 0, &j);
+        if (r == 0) {
+            r = mij_check_source(j, &st, src);
+            if (r == 0 && o->granularity_set && mij_granularity(j) != gran)
+                r = jerr(EINVAL, "%s: journal has granularity %llu, not %llu (remove it to "
+                         "start a new one)", jpath, (unsigned long long)mij_granularity(j),
+                         (unsigned long long)gran);
+            if (r < 0) {
+                mij_close(j);
+                goto out;
+            }
+            *out = j;
+            goto out;
+        }
+        if (r != -ENOENT)
+            goto out;
+        uint64_t covered = o->max_size;
+        if (!covered)
+            covered = size > MIJ_MIN_COVERED / 4 ? size * 4 : MIJ_MIN_COVERED;
+        if (covered < size) {
+            r = jerr(EINVAL, "%s: maximum size %llu is smaller than the source (%llu bytes)",
+                     jpath, (unsigned long long)covered, (unsigned long long)size);
+            goto out;
+        }
+        covered = (covered + gran - 1) / gran * gran;
+        if (covered / gran > MIJ_MAX_CHUNKS) {
+            r = jerr(EINVAL, "%s: %llu chunks of %llu bytes are too many: use a larger "
+                     "granularity", jpath, (unsigned long long)(covered / gran),
+                     (unsigned long long)gran);
+            goto out;
+        }
+        char *abs = realpath(src, NULL);
+        r = create_new(jpath, sfd, &st, size, abs ? abs : src, gran, covered, out);
+        free(abs);
+        if (r == 0 && created)
+            *created = true;
+        if (r != -EEXIST)
+            goto out;
+    }
+    r = jerr(EEXIST, "%s: journal keeps changing under us", jpath);
+out:
+    close(sfd);
+    return r;
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Following                                                                            */
+
+int mij_follow(struct mij *j, uint64_t lease_ns)
+{
+    if (j->rdonly)
+        return jerr(EBADF, "%s: journal opened read-only", j->path);
+    if (flock(j->fd, LOCK_EX | LOCK_NB) < 0) {
+        int e = errno;
+        if (e == EWOULDBLOCK)
+            return jerr(EBUSY, "%s: another follower (pid %d) is using this journal", j->path,
+                        (int)MIJ_LOAD(&j->h->follower_pid));
+        return jerr(e, "%s: cannot lock the journal: %s", j->path, strerror(e));
+    }
+    j->following = true;
+    j->lease_ns = lease_ns ? lease_ns : 2000000000ull;
+    MIJ_STORE(&j->h->follower_pid, (int32_t)getpid());
+    MIJ_STORE(&j->h->follower_since_ns, mij_clock(CLOCK_REALTIME));
+    MIJ_STORE(&j->h->lease_ns, j->lease_ns);
+    /* A quiesce left by a follower that died: it no longer holds anybody (its lease ran
+     * out), but clear it before taking a fresh lease so it cannot start holding again. */
+    MIJ_STORE(&j->h->quiesce, 0);
+    futex_wake_all(&j->h->quiesce);
+    MIJ_STORE(&j->h->lease_expiry_ns, 0);
+    mij_recover(j);
+    mij_lease_renew(j);
+    return 0;
+}
+
+void mij_unfollow(struct mij *j)
+{
+    if (!j->following)
+        return;
+    MIJ_STORE(&j->h->quiesce, 0);
+    futex_wake_all(&j->h->quiesce);
+    MIJ_STORE(&j->h->lease_expiry_ns, 0);
+    MIJ_STORE(&j->h->lease_pid, 0);
+    MIJ_STORE(&j->h->follower_pid, 0);
+    MIJ_STORE(&j->h->delay_us, 0);
+    flock(j->fd, LOCK_UN);
+    j->following = false;
+}
+
+int mij_lease_renew(struct mij *j)
+{
+    uint64_t now = mij_clock(CLOCK_MONOTONIC);
+    uint64_t old = MIJ_LOAD(&j->h->lease_expiry_ns);
+    int r = (old && now >= old) ? -ETIME : 0;
+    MIJ_STORE(&j->h->lease_pid, (int32_t)getpid());
+    MIJ_STORE(&j->h->lease_expiry_ns, now + j->lease_ns);
+    j->lease_last = now + j->lease_ns;
+    if (r < 0)
+        jerr(ETIME, "%s: the follower's lease ran out before it was renewed", j->path);
+    return r;
+}
+
+int mij_follower(struct mij *j, uint64_t *lease_left_ns)
+{
+    uint64_t exp = MIJ_LOAD(&j->h->lease_expiry_ns), now = mij_clock(CLOCK_MONOTONIC);
+    int pid = MIJ_LOAD(&j->h->follower_pid);
+    if (lease_left_ns)
+        *lease_left_ns = exp > now ? exp - now : 0;
+    /* A follower killed with -9 left its pid behind (a stopped one is still a follower). */
+    if (pid && !j->following && !mij_pid_alive(pid, 0))
+        return 0;
+    return pid;
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Bitmaps                                                                              */
+
+static inline uint64_t run_mask(unsigned b, uint64_t n)
+{
+    return (n >= 64 ? ~0ull : ((1ull << n) - 1)) << b;
+}
+
+/* First set bit at or after c in bm (nchunks if none). */
+static uint64_t next_set(const struct mij *j, const uint64_t *bm, uint64_t c)
+{
+    while (c < j->nchunks) {
+        uint64_t w = MIJ_LOAD(&bm[c >> 6]) >> (c & 63);
+        if (w)
+            return c + (uint64_t)__builtin_ctzll(w) < j->nchunks ? c + (uint64_t)__builtin_ctzll(w)
+                                                                 : j->nchunks;
+        c = (c | 63) + 1;
+    }
+    return j->nchunks;
+}
+
+uint64_t mij_next_run(struct mij *j, bool copying, uint64_t from, uint64_t *first)
+{
+    const uint64_t *bm = copying ? j->copying : j->dirty;
+    uint64_t c = next_set(j, bm, from), n = 0;
+    *first = c;
+    while (c + n < j->nchunks) {
+        uint64_t x = ~MIJ_LOAD(&bm[(c + n) >> 6]) >> ((c + n) & 63);
+        unsigned b = (unsigned)((c + n) & 63);
+        uint64_t ones = x ? (uint64_t)__builtin_ctzll(x) : 64 - b;
+        if (ones > 64 - b)
+            ones = 64 - b;
+        n += ones;
+        if (b + ones < 64)
+            break;
+    }
+    if (c + n > j->nchunks)
+        n = j->nchunks - c;
+    return n;
+}
+
+uint64_t mij_take(struct mij *j, uint64_t from, uint64_t max, uint64_t *first)
+{
+    uint64_t c = next_set(j, j->dirty, from), n = 0;
+    *first = c;
+    if (!max)
+        max = 1;
+    while (c + n < j->nchunks && n < max) {
+        uint64_t cc = c + n, w = cc >> 6;
+        unsigned b = (unsigned)(cc & 63);
+        uint64_t x = MIJ_LOAD(&j->dirty[w]) >> b;
+        if (!(x & 1))
+            break;
+        uint64_t ones = ~x ? (uint64_t)__builtin_ctzll(~x) : 64 - b;
+        if (ones > 64 - b)
+            ones = 64 - b;
+        if (ones > max - n)
+            ones = max - n;
+        if (cc + ones > j->nchunks)
+            ones = j->nchunks - cc;
+        uint64_t mask = run_mask(b, ones);
+        /* copying first: a crash between the two leaves the chunk in both, never in none */
+        __atomic_fetch_or(&j->copying[w], mask, __ATOMIC_SEQ_CST);
+        __atomic_fetch_and(&j->dirty[w], ~mask, __ATOMIC_SEQ_CST);
+        n += ones;
+        if (b + ones < 64)
+            break;
+    }
+    return n;
+}
+
+static void for_bits(struct mij *j, uint64_t first, uint64_t n,
+                     void (*fn)(struct mij *, uint64_t w, uint64_t mask))
+{
+    if (first >= j->nchunks)
+        return;
+    if (n > j->nchunks - first)
+        n = j->nchunks - first;
+    while (n) {
+        unsigned b = (unsigned)(first & 63);
+        uint64_t k = n < 64 - b ? n : 64 - b;
+        fn(j, first >> 6, run_mask(b, k));
+        first += k;
+        n -= k;
+    }
+}
+
+static void done_fn(struct mij *j, uint64_t w, uint64_t m)
+{
+    __atomic_fetch_and(&j->copying[w], ~m, __ATOMIC_SEQ_CST);
+}
+
+static void redirty_fn(struct mij *j, uint64_t w, uint64_t m)
+{
+    __atomic_fetch_or(&j->dirty[w], m, __ATOMIC_SEQ_CST);
+    __atomic_fetch_and(&j->copying[w], ~m, __ATOMIC_SEQ_CST);
+}
+
+void mij_done(struct mij *j, uint64_t first, uint64_t n) { for_bits(j, first, n, done_fn); }
+void mij_redirty(struct mij *j, uint64_t first, uint64_t n) { for_bits(j, first, n, redirty_fn); }
+
+void mij_recover(struct mij *j)
+{
+    for (uint64_t w = 0; w < j->words; w++) {
+        uint64_t c = MIJ_LOAD(&j->copying[w]);
+        if (c) {
+            __atomic_fetch_or(&j->dirty[w], c, __ATOMIC_SEQ_CST);
+            __atomic_fetch_and(&j->copying[w], ~c, __ATOMIC_SEQ_CST);
+        }
+    }
+}
+
+void mij_mark_range(struct mij *j, uint64_t off, uint64_t len)
+{
+    mij_mark(j, off, len, getpid());
+}
+
+uint64_t mij_backlog(struct mij *j, uint64_t *copying)
+{
+    uint64_t d = 0, c = 0;
+    for (uint64_t w = 0; w < j->words; w++) {
+        d += (uint64_t)__builtin_popcountll(MIJ_LOADR(&j->dirty[w]));
+        c += (uint64_t)__builtin_popcountll(MIJ_LOADR(&j->copying[w]));
+    }
+    if (copying)
+        *copying = c;
+    return d;
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Quiesce and pivot                                                                    */
+
+static void pause_a_little(unsigned iter)
+{
+    if (iter < 200) {
+        sched_yield();
+    } else {
+        struct timespec ts = {0, 50000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* Renew the lease when half of it is gone (callers loop on writers). */
+static void lease_keep(struct mij *j)
+{
+    if (mij_clock(CLOCK_MONOTONIC) + j->lease_ns / 2 >= j->lease_last)
+        mij_lease_renew(j);
+}
+
+int mij_quiesce_begin(struct mij *j, uint64_t timeout_ns, struct mij_quiesce_info *qi)
+{
+    struct mij_quiesce_info dummy;
+    if (!qi)
+        qi = &dummy;
+    memset(qi, 0, sizeof *qi);
+    if (!j->following)
+        return jerr(EPERM, "%s: quiesce needs the follower's lock", j->path);
+    mij_lease_renew(j);
+    uint64_t t0 = mij_clock(CLOCK_MONOTONIC);
+    MIJ_STORE(&j->h->quiesce, 1);
+    bool seen_dead[MIJ_NSLOTS] = {false};
+    for (unsigned iter = 0;; iter++) {
+        unsigned busy = 0;
+        int busy_pid = 0;
+        for (unsigned i = 0; i < MIJ_NSLOTS; i++) {
+            struct mij_slot *s = &j->slots[i];
+            int pid = MIJ_LOAD(&s->pid);
+            if (!pid || !MIJ_LOAD(&s->inflight) || seen_dead[i])
+                continue;
+            if (!mij_pid_alive(pid, MIJ_LOAD(&s->start_ticks))) {
+                /* killed inside a write: what it wrote is unknown */
+                seen_dead[i] = true;
+                qi->died++;
+                mij_untrust(j, MIJ_U_WRITER_DIED, pid);
+                continue;
+            }
+            busy++;
+            busy_pid = pid;
+        }
+        if (!busy)
+            break;
+        uint64_t now = mij_clock(CLOCK_MONOTONIC);
+        if (now - t0 > timeout_ns) {
+            mij_quiesce_end(j);
+            return jerr(ETIMEDOUT, "%s: %u writer%s still inside a write after %llu ms "
+                        "(pid %d)", j->path, busy, busy == 1 ? "" : "s",
+                        (unsigned long long)((now - t0) / 1000000), busy_pid);
+        }
+        lease_keep(j);
+        pause_a_little(iter);
+    }
+    /* Writable shared mappings: their stores need no call; mark what they cover. */
+    for (unsigned i = 0; i < MIJ_NSLOTS; i++) {
+        struct mij_slot *s = &j->slots[i];
+        int pid = MIJ_LOAD(&s->pid);
+        if (!pid || !mij_pid_alive(pid, MIJ_LOAD(&s->start_ticks)))
+            continue;
+        if (pid > 0)
+            qi->writers++;
+        uint32_t nm = MIJ_LOAD(&s->nmaps);
+        if (!nm)
+            continue;
+        qi->maps += nm;
+        if (nm > MIJ_SLOT_MAPS) {
+            mij_mark_range(j, 0, j->covered);
+            continue;
+        }
+        for (unsigned m = 0; m < nm; m++)
+            mij_mark_range(j, MIJ_LOAD(&s->maps[m].off), MIJ_LOAD(&s->maps[m].len));
+    }
+    qi->waited_ns = mij_clock(CLOCK_MONOTONIC) - t0;
+    return 0;
+}
+
+void mij_quiesce_end(struct mij *j)
+{
+    MIJ_STORE(&j->h->quiesce, 0);
+    futex_wake_all(&j->h->quiesce);
+}
+
+int mij_pivot_request(struct mij *j, const char *target)
+{
+    if (!j->following)
+        return jerr(EPERM, "%s: pivot needs the follower's lock", j->path);
+    for (unsigned i = 0; i < MIJ_NSLOTS; i++) {
+        struct mij_slot *s = &j->slots[i];
+        int pid = MIJ_LOAD(&s->pid);
+        if (pid && MIJ_LOAD(&s->nmaps) && mij_pid_alive(pid, MIJ_LOAD(&s->start_ticks)))
+            return jerr(EBUSY, "%s: writer pid %d has a writable shared mapping of the source: "
+                        "cannot pivot", j->path, pid);
+    }
+    char *abs = realpath(target, NULL);
+    if (!abs)
+        return jerr(errno, "%s: %s", target, strerror(errno));
+    struct stat st;
+    if (stat(abs, &st) < 0 || !(S_ISREG(st.st_mode) || S_ISBLK(st.st_mode))) {
+        free(abs);
+        return jerr(EINVAL, "%s: pivot target must be a local file or block device", target);
+    }
+    if (strlen(abs) >= MIJ_PATH_MAX) {
+        free(abs);
+        return jerr(ENAMETOOLONG, "%s: path too long", target);
+    }
+    char *dst = (char *)j->base + MIJ_OFF_PIVOT_PATH;
+    memset(dst, 0, MIJ_PATH_MAX);
+    memcpy(dst, abs, strlen(abs));
+    free(abs);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    __atomic_fetch_add(&j->h->pivot_gen, 1, __ATOMIC_SEQ_CST);
+    futex_wake_all(&j->h->quiesce); /* held writers switch while held */
+    return 0;
+}
+
+int mij_pivot_wait(struct mij *j, uint64_t timeout_ns, struct mij_pivot_info *pi)
+{
+    struct mij_pivot_info dummy;
+    if (!pi)
+        pi = &dummy;
+    uint64_t gen = MIJ_LOAD(&j->h->pivot_gen), t0 = mij_clock(CLOCK_MONOTONIC);
+    for (unsigned iter = 0;; iter++) {
+        unsigned pending = 0;
+        memset(pi, 0, sizeof *pi);
+        for (unsigned i = 1; i < MIJ_NSLOTS; i++) {
+            struct mij_slot *s = &j->slots[i];
+            int pid = MIJ_LOAD(&s->pid);
+            if (pid <= 0 || !mij_pid_alive(pid, MIJ_LOAD(&s->start_ticks)))
+                continue;
+            if (MIJ_LOAD(&s->pivot_ack) == gen) {
+                int e = MIJ_LOAD(&s->pivot_err);
+                if (e) {
+                    if (!pi->failed++) {
+                        pi->first_err_pid = pid;
+                        pi->first_err = e;
+                    }
+                } else {
+                    pi->switched++;
+                }
+            } else if (!MIJ_LOAD(&s->tracked) ||
+                       (!MIJ_LOAD(&s->inflight) && !MIJ_LOAD(&s->waiting))) {
+                pi->idle++;
+            } else {
+                pending++;
+            }
+        }
+        if (!pending)
+            return 0;
+        if (mij_clock(CLOCK_MONOTONIC) - t0 > timeout_ns)
+            return jerr(ETIMEDOUT, "%s: %u writer%s did not switch to the target", j->path,
+                        pending, pending == 1 ? "" : "s");
+        if (j->following)
+            lease_keep(j);
+        pause_a_little(iter);
+    }
+}
+
+void mij_set_delay(struct mij *j, uint32_t us) { MIJ_STORE(&j->h->delay_us, us); }
+uint32_t mij_get_delay(struct mij *j) { return MIJ_LOAD(&j->h->delay_us); }
+
+/* ---------------------------------------------------------------------------------- */
+/* Writers, counters, reasons                                                           */
+
+int mij_writers(struct mij *j, struct mij_writer *w, int max)
+{
+    int n = 0;
+    for (int pass = 0; pass < 2; pass++)
+        for (unsigned i = 0; i < MIJ_NSLOTS && n < max; i++) {
+            struct mij_slot *s = &j->slots[i];
+            int pid = MIJ_LOAD(&s->pid);
+            if (!pid)
+                continue;
+            if (pid == -1 && !MIJ_LOAD(&s->writes) && !MIJ_LOAD(&s->inflight))
+                continue;
+            bool alive = mij_pid_alive(pid, MIJ_LOAD(&s->start_ticks));
+            if (alive != (pass == 0))
+                continue;
+            struct mij_writer *x = &w[n++];
+            x->pid = pid;
+            x->alive = alive;
+            x->inflight = MIJ_LOAD(&s->inflight);
+            x->waiting = MIJ_LOAD(&s->waiting);
+            x->tracked = MIJ_LOAD(&s->tracked);
+            x->nmaps = MIJ_LOAD(&s->nmaps);
+            x->bytes = MIJ_LOAD(&s->bytes) - MIJ_LOAD(&s->bytes_base);
+            x->writes = MIJ_LOAD(&s->writes) - MIJ_LOAD(&s->writes_base);
+            x->reg_ns = MIJ_LOAD(&s->reg_ns);
+            x->last_ns = MIJ_LOAD(&s->last_ns);
+            x->pivot_ack = MIJ_LOAD(&s->pivot_ack);
+            x->pivot_err = MIJ_LOAD(&s->pivot_err);
+        }
+    return n;
+}
+
+void mij_counters(struct mij *j, uint64_t *bytes, uint64_t *writes)
+{
+    uint64_t b = 0, w = 0;
+    for (unsigned i = 0; i < MIJ_NSLOTS; i++) {
+        b += MIJ_LOADR(&j->slots[i].bytes);
+        w += MIJ_LOADR(&j->slots[i].writes);
+    }
+    if (bytes)
+        *bytes = b;
+    if (writes)
+        *writes = w;
+}
+
+uint64_t mij_untrusted(struct mij *j) { return MIJ_LOAD(&j->h->untrusted); }
+
+void mij_untrusted_clear(struct mij *j, uint64_t mask)
+{
+    __atomic_fetch_and(&j->h->untrusted, ~mask, __ATOMIC_SEQ_CST);
+}
+
+static const struct {
+    const char *name, *text;
+} reasons[MIJ_U_NREASONS] = {
+    [MIJ_U_IO_URING_SETUP] = {"io_uring_setup", "an io_uring was set up through a raw system call"},
+    [MIJ_U_IO_URING_WRITE] = {"io_uring", "an io_uring submitted a write or open that may reach the source"},
+    [MIJ_U_IO_SUBMIT] = {"io_submit", "Linux AIO (io_submit, libaio) was used"},
+    [MIJ_U_POSIX_AIO] = {"posix_aio", "POSIX AIO (aio_write, lio_listio) wrote the source"},
+    [MIJ_U_BEYOND] = {"beyond_covered_size", "a write went beyond the size the journal covers"},
+    [MIJ_U_FD_TABLE] = {"fd_table", "the source was open on a descriptor beyond the shim's table"},
+    [MIJ_U_STDIO] = {"stdio", "a stdio stream was opened for writing on the source"},
+    [MIJ_U_RAW_SYSCALL] = {"raw_syscall", "a raw write system call reached the source"},
+    [MIJ_U_WRITER_DIED] = {"writer_died", "a writer died during a write"},
+    [MIJ_U_BYPASS] = {"bypass", "the source changed behind the shim (size or change time)"},
+    [MIJ_U_PIVOT_FAILED] = {"pivot_failed", "a writer could not switch to the pivot target"},
+    [MIJ_U_MMAP_TABLE] = {"mmap_table", "too many shared mappings of the source to track"},
+};
+
+const char *mij_reason_name(unsigned r) { return r < MIJ_U_NREASONS ? reasons[r].name : "unknown"; }
+const char *mij_reason_text(unsigned r) { return r < MIJ_U_NREASONS ? reasons[r].text : "unknown reason"; }
+
+const char *mij_reasons_str(uint64_t mask, char *buf, size_t size)
+{
+    size_t l = 0;
+    buf[0] = '\0';
+    for (unsigned r = 0; r < 64; r++)
+        if (mask & (1ull << r)) {
+            int n = snprintf(buf + l, size - l, "%s%s", l ? ", " : "", mij_reason_name(r));
+            if (n < 0 || (size_t)n >= size - l)
+                break;
+            l += (size_t)n;
+        }
+    return buf;
+}
+
+static const char *const op_names[MIJ_OP_NOPS] = {
+    [MIJ_OP_NONE] = "none", [MIJ_OP_WRITE] = "write", [MIJ_OP_PWRITE] = "pwrite",
+    [MIJ_OP_WRITEV] = "writev", [MIJ_OP_PWRITEV] = "pwritev", [MIJ_OP_PWRITEV2] = "pwritev2",
+    [MIJ_OP_FTRUNCATE] = "ftruncate", [MIJ_OP_TRUNCATE] = "truncate",
+    [MIJ_OP_FALLOCATE] = "fallocate", [MIJ_OP_POSIX_FALLOCATE] = "posix_fallocate",
+    [MIJ_OP_COPY_FILE_RANGE] = "copy_file_range", [MIJ_OP_SENDFILE] = "sendfile",
+    [MIJ_OP_SPLICE] = "splice", [MIJ_OP_MMAP] = "mmap", [MIJ_OP_MSYNC] = "msync",
+    [MIJ_OP_MUNMAP] = "munmap", [MIJ_OP_MPROTECT] = "mprotect", [MIJ_OP_MREMAP] = "mremap",
+    [MIJ_OP_UNTRUSTED] = "untrusted", [MIJ_OP_PIVOT] = "pivot",
+};
+
+const char *mij_op_name(unsigned op) { return op < MIJ_OP_NOPS ? op_names[op] : "unknown"; }
+
+/* ---------------------------------------------------------------------------------- */
+/* The source behind the shim's back                                                    */
+
+static bool writers_quiet(struct mij *j)
+{
+    for (unsigned i = 0; i < MIJ_NSLOTS; i++) {
+        struct mij_slot *s = &j->slots[i];
+        int pid = MIJ_LOAD(&s->pid);
+        if (!pid || !MIJ_LOAD(&s->inflight))
+            continue;
+        if (mij_pid_alive(pid, MIJ_LOAD(&s->start_ticks)))
+            return false;
+        mij_untrust(j, MIJ_U_WRITER_DIED, pid);
+    }
+    return true;
+}
+
+int mij_source_check(struct mij *j, int src_fd)
+{
+    struct stat st;
+    if (fstat(src_fd, &st) < 0)
+        return jerr(errno, "%s: %s", mij_source_path(j), strerror(errno));
+    int r = mij_check_source(j, &st, mij_source_path(j));
+    if (r < 0)
+        return r;
+    if (!MIJ_LOAD(&j->h->seen_valid))
+        return MIJ_SRC_UNKNOWN;
+    uint64_t size = 0;
+    source_size(src_fd, &st, &size);
+    bool same = size == MIJ_LOAD(&j->h->seen_size) &&
+                (uint64_t)st.st_ctim.tv_sec == MIJ_LOAD(&j->h->seen_ctime_sec) &&
+                (uint64_t)st.st_ctim.tv_nsec == MIJ_LOAD(&j->h->seen_ctime_nsec);
+    if (same || MIJ_LOAD(&j->h->ring_head) != MIJ_LOAD(&j->h->seen_ring))
+        return MIJ_SRC_OK;
+    mij_untrust(j, MIJ_U_BYPASS, getpid());
+    return MIJ_SRC_CHANGED;
+}
+
+int mij_source_observe(struct mij *j, int src_fd)
+{
+    uint64_t h0 = MIJ_LOAD(&j->h->ring_head);
+    if (!writers_quiet(j))
+        return 0;
+    struct stat st;
+    if (fstat(src_fd, &st) < 0)
+        return jerr(errno, "%s: %s", mij_source_path(j), strerror(errno));
+    if (MIJ_LOAD(&j->h->ring_head) != h0)
+        return 0;
+    uint64_t size = 0;
+    source_size(src_fd, &st, &size);
+    MIJ_STORE(&j->h->seen_valid, 0);
+    MIJ_STORE(&j->h->seen_size, size);
+    MIJ_STORE(&j->h->seen_ctime_sec, (uint64_t)st.st_ctim.tv_sec);
+    MIJ_STORE(&j->h->seen_ctime_nsec, (uint64_t)st.st_ctim.tv_nsec);
+    MIJ_STORE(&j->h->seen_ring, h0);
+    MIJ_STORE(&j->h->seen_ns, mij_clock(CLOCK_REALTIME));
+    MIJ_STORE(&j->h->seen_valid, 1);
+    return 1;
+}
+
+void mij_source_forget(struct mij *j) { MIJ_STORE(&j->h->seen_valid, 0); }
+
+/* ---------------------------------------------------------------------------------- */
+/* The recorded target                                                                  */
+
+void mij_target_get(struct mij *j, struct mij_target *t)
+{
+    memset(t, 0, sizeof *t);
+    t->valid = MIJ_LOAD(&j->h->target_valid) != 0;
+    snprintf(t->path, sizeof t->path, "%s", (const char *)j->base + MIJ_OFF_TARGET_PATH);
+    t->dev = MIJ_LOAD(&j->h->target_dev);
+    t->ino = MIJ_LOAD(&j->h->target_ino);
+    t->size = MIJ_LOAD(&j->h->target_size);
+    t->sync_gen = MIJ_LOAD(&j->h->sync_gen);
+    t->synced_ns = MIJ_LOAD(&j->h->synced_ns);
+}
+
+uint64_t mij_target_set(struct mij *j, const char *path, const struct stat *st)
+{
+    char *abs = realpath(path, NULL);
+    char *dst = (char *)j->base + MIJ_OFF_TARGET_PATH;
+    MIJ_STORE(&j->h->target_valid, 0);
+    snprintf(dst, MIJ_PATH_MAX, "%s", abs ? abs : path);
+    free(abs);
+    MIJ_STORE(&j->h->target_dev, (uint64_t)st->st_dev);
+    MIJ_STORE(&j->h->target_ino, (uint64_t)st->st_ino);
+    MIJ_STORE(&j->h->target_size, (uint64_t)st->st_size);
+    MIJ_STORE(&j->h->synced_ns, mij_clock(CLOCK_REALTIME));
+    uint64_t g = __atomic_add_fetch(&j->h->sync_gen, 1, __ATOMIC_SEQ_CST);
+    MIJ_STORE(&j->h->target_valid, 1);
+    return g;
+}
+
+void mij_target_forget(struct mij *j) { MIJ_STORE(&j->h->target_valid, 0); }
+
+/* ---------------------------------------------------------------------------------- */
+/* Observation and reset                                                                */
+
+static int rec_cmp(const void *a, const void *b)
+{
+    uint64_t x = ((const struct mij_rec *)a)->seq, y = ((const struct mij_rec *)b)->seq;
+    return x < y ? -1 : x > y;
+}
+
+int mij_ring_read(struct mij *j, struct mij_rec *out, int max)
+{
+    struct mij_rec *all = malloc(sizeof *all * MIJ_NRING);
+    if (!all)
+        return jerr(ENOMEM, "%s: out of memory", j->path);
+    int n = 0;
+    for (unsigned i = 0; i < MIJ_NRING; i++) {
+        struct mij_rec *r = &j->ring[i];
+        uint64_t s1 = __atomic_load_n(&r->seq, __ATOMIC_ACQUIRE);
+        if (!s1)
+            continue;
+        struct mij_rec c;
+        c.seq = s1;
+        c.off = __atomic_load_n(&r->off, __ATOMIC_RELAXED);
+        c.len = __atomic_load_n(&r->len, __ATOMIC_RELAXED);
+        c.time_ns = __atomic_load_n(&r->time_ns, __ATOMIC_RELAXED);
+        c.pid = __atomic_load_n(&r->pid, __ATOMIC_RELAXED);
+        c.tid = __atomic_load_n(&r->tid, __ATOMIC_RELAXED);
+        c.op = __atomic_load_n(&r->op, __ATOMIC_RELAXED);
+        c.fd = __atomic_load_n(&r->fd, __ATOMIC_RELAXED);
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if (__atomic_load_n(&r->seq, __ATOMIC_RELAXED) != s1)
+            continue; /* rewritten while we read it */
+        all[n++] = c;
+    }
+    qsort(all, (size_t)n, sizeof *all, rec_cmp);
+    int skip = n > max ? n - max : 0;
+    memcpy(out, all + skip, sizeof *all * (size_t)(n - skip));
+    free(all);
+    return n - skip;
+}
+
+int mij_reset(struct mij *j)
+{
+    if (j->rdonly)
+        return jerr(EBADF, "%s: journal opened read-only", j->path);
+    if (!j->following && flock(j->fd, LOCK_EX | LOCK_NB) < 0) {
+        if (errno == EWOULDBLOCK)
+            return jerr(EBUSY, "%s: another follower (pid %d) is using this journal", j->path,
+                        (int)MIJ_LOAD(&j->h->follower_pid));
+        return jerr(errno, "%s: cannot lock the journal: %s", j->path, strerror(errno));
+    }
+    for (uint64_t w = 0; w < j->words; w++) {
+        MIJ_STORE(&j->copying[w], 0);
+        MIJ_STORE(&j->dirty[w], 0);
+    }
+    MIJ_STORE(&j->h->untrusted, 0);
+    for (unsigned r = 0; r < 32; r++) {
+        MIJ_STORE(&j->h->why[r].pid, 0);
+        MIJ_STORE(&j->h->why[r].ns, 0);
+    }
+    mij_source_forget(j);
+    mij_target_forget(j);
+    __atomic_fetch_add(&j->h->resets, 1, __ATOMIC_SEQ_CST);
+    if (!j->following)
+        flock(j->fd, LOCK_UN);
+    return 0;
+}
+#endif /* !MI_SHIM */

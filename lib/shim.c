@@ -1,0 +1,1274 @@
+/* shim.c: the LD_PRELOAD library (build/mirror-img-shim.so).
+ *
+ * Without MIRROR_IMG_JOURNAL in the environment it is a pure pass-through.  With it, it
+ * maps the journal, finds the source by device and inode on every descriptor that reaches
+ * it, and after each call that changed the source's bytes or size marks the range the
+ * call reports in the journal's dirty bitmap (journal.h has the protocols).
+ *
+ * Rules for every wrapper:
+ *  - the real call gets the caller's errno and the caller gets the real call's errno and
+ *    return value, whatever the shim did around it;
+ *  - nothing on the write path allocates, takes a lock or can block, except a writer held
+ *    by a quiesce (mij_w_enter) while the follower's lease is fresh;
+ *  - descriptors are tracked in a fixed table (fdst): one byte per descriptor number.
+ *
+ * A truncated journal: the shim maps the journal once and never checks its size again (a
+ * check per write would cost a system call).  If the file is truncated anyway, the next
+ * access raises SIGBUS; the shim's SIGBUS handler recognises a fault inside the journal's
+ * mapping, replaces that mapping with anonymous memory, stops journaling (the writer goes
+ * on untouched) and says so on stderr; any other SIGBUS goes to the handler that was there
+ * before (or the default action).  mirror-img itself never truncates a journal.
+ */
+#include "journal.h"
+
+#include <aio.h>
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/sendfile.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#define EXPORT __attribute__((visibility("default")))
+#define LIKELY(x) __builtin_expect(!!(x), 1)
+#define UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+#define FD_MAX 65536
+enum { FD_TRACKED = 1, FD_APPEND = 2 };
+
+static struct mij J;
+static int active;             /* the journal is mapped and usable */
+static struct mij_slot *S;     /* this process's registry slot */
+static int mypid;
+static uint8_t fdst[FD_MAX];   /* per descriptor: FD_TRACKED, FD_APPEND */
+static int ntracked, maxfd;    /* tracked descriptors; highest number ever tracked */
+static uint64_t seen_gen;      /* pivot generation this process acted on */
+static int pivoting;
+static __thread int my_tid __attribute__((tls_model("initial-exec")));
+
+/* ---------------------------------------------------------------------------------- */
+/* The real functions                                                                   */
+
+/* glibc's fortified entry points (declared by its headers only under _FORTIFY_SOURCE) */
+int __open_2(const char *path, int flags);
+int __open64_2(const char *path, int flags);
+int __openat_2(int dirfd, const char *path, int flags);
+int __openat64_2(int dirfd, const char *path, int flags);
+
+#define REAL_PTR(name) static __typeof__(name) *real_##name
+REAL_PTR(open); REAL_PTR(open64); REAL_PTR(openat); REAL_PTR(openat64);
+REAL_PTR(creat); REAL_PTR(creat64); REAL_PTR(__open_2); REAL_PTR(__open64_2);
+REAL_PTR(__openat_2); REAL_PTR(__openat64_2);
+REAL_PTR(dup); REAL_PTR(dup2); REAL_PTR(dup3); REAL_PTR(fcntl); REAL_PTR(fcntl64);
+REAL_PTR(close); REAL_PTR(close_range); REAL_PTR(closefrom);
+REAL_PTR(write); REAL_PTR(pwrite); REAL_PTR(pwrite64); REAL_PTR(writev);
+REAL_PTR(pwritev); REAL_PTR(pwritev64); REAL_PTR(pwritev2); REAL_PTR(pwritev64v2);
+REAL_PTR(ftruncate); REAL_PTR(ftruncate64); REAL_PTR(truncate); REAL_PTR(truncate64);
+REAL_PTR(fallocate); REAL_PTR(fallocate64); REAL_PTR(posix_fallocate);
+REAL_PTR(posix_fallocate64); REAL_PTR(copy_file_range); REAL_PTR(sendfile);
+REAL_PTR(sendfile64); REAL_PTR(splice);
+REAL_PTR(mmap); REAL_PTR(mmap64); REAL_PTR(munmap); REAL_PTR(msync); REAL_PTR(mprotect);
+REAL_PTR(mremap);
+REAL_PTR(syscall); REAL_PTR(aio_write); REAL_PTR(aio_write64); REAL_PTR(lio_listio);
+REAL_PTR(lio_listio64);
+REAL_PTR(fopen); REAL_PTR(fopen64); REAL_PTR(freopen); REAL_PTR(freopen64); REAL_PTR(fdopen);
+REAL_PTR(fclose);
+
+/* Resolved in the constructor; a call that comes before it (another library's
+ * constructor) resolves lazily. */
+#define REAL(name)                                                                           \
+    (*({                                                                                     \
+        if (UNLIKELY(!real_##name))                                                          \
+            real_##name = (__typeof__(real_##name))dlsym(RTLD_NEXT, #name);                  \
+        real_##name;                                                                         \
+    }))
+
+static void resolve_all(void)
+{
+#define R(name) (void)REAL(name)
+    R(open); R(open64); R(openat); R(openat64); R(creat); R(creat64); R(__open_2);
+    R(__open64_2); R(__openat_2); R(__openat64_2); R(dup); R(dup2); R(dup3); R(fcntl);
+    R(fcntl64); R(close); R(close_range); R(closefrom); R(write); R(pwrite); R(pwrite64);
+    R(writev); R(pwritev); R(pwritev64); R(pwritev2); R(pwritev64v2); R(ftruncate);
+    R(ftruncate64); R(truncate); R(truncate64); R(fallocate); R(fallocate64);
+    R(posix_fallocate); R(posix_fallocate64); R(copy_file_range); R(sendfile); R(sendfile64);
+    R(splice); R(mmap); R(mmap64); R(munmap); R(msync); R(mprotect); R(mremap); R(syscall);
+    R(aio_write); R(aio_write64); R(lio_listio); R(lio_listio64); R(fopen); R(fopen64);
+    R(freopen); R(freopen64); R(fdopen); R(fclose);
+#undef R
+}
+
+static void say(const char *a, const char *b, const char *c)
+{
+    const char *parts[4] = {"mirror-img-shim: ", a, b, c};
+    for (int i = 0; i < 4; i++)
+        if (parts[i] && REAL(write)(2, parts[i], strlen(parts[i])) < 0)
+            return;
+    if (REAL(write)(2, "\n", 1) < 0)
+        return;
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Descriptor table                                                                     */
+
+static inline int tracked(int fd)
+{
+    return (unsigned)fd < FD_MAX && (__atomic_load_n(&fdst[fd], __ATOMIC_RELAXED) & FD_TRACKED) &&
+           LIKELY(__atomic_load_n(&active, __ATOMIC_RELAXED));
+}
+
+static inline int fd_append(int fd)
+{
+    return __atomic_load_n(&fdst[fd], __ATOMIC_RELAXED) & FD_APPEND;
+}
+
+/* A vfork child shares our memory: it must not change the parent's table. */
+static inline bool may_change_table(void)
+{
+    return getpid() == mypid;
+}
+
+static void set_state(int fd, uint8_t st)
+{
+    if (fd < 0 || fd >= FD_MAX)
+        return;
+    uint8_t old = __atomic_exchange_n(&fdst[fd], st, __ATOMIC_SEQ_CST);
+    int d = (st & FD_TRACKED) - (old & FD_TRACKED);
+    if (d) {
+        __atomic_fetch_add(&ntracked, d, __ATOMIC_SEQ_CST);
+        if (S)
+            __atomic_fetch_add(&S->tracked, (uint32_t)d, __ATOMIC_SEQ_CST);
+    }
+    if ((st & FD_TRACKED) && fd > __atomic_load_n(&maxfd, __ATOMIC_RELAXED))
+        __atomic_store_n(&maxfd, fd, __ATOMIC_RELAXED);
+}
+
+static void record_event(int op, int fd, uint64_t off, uint64_t len)
+{
+    uint64_t idx = mij_w_start(&J);
+    mij_w_record(&J, S, idx, op, fd, off, len, mypid, my_tid);
+}
+
+static void untrust(enum mij_reason r)
+{
+    if (!(MIJ_LOADR(&J.h->untrusted) & MIJ_U_BIT(r)))
+        record_event(MIJ_OP_UNTRUSTED, -1, (uint64_t)r, 0);
+    mij_untrust(&J, r, mypid);
+}
+
+/* After a call that produced descriptor fd: is it the source?  flags: its open flags, or
+ * -1 to ask.  Called with the journal active; keeps errno. */
+static void check_new_fd(int fd, int flags)
+{
+    if (fd < 0)
+        return;
+    int e = errno;
+    struct stat st;
+    bool src = fstat(fd, &st) == 0 && mij_is_source(J.h, &st);
+    if (src && flags < 0)
+        flags = REAL(fcntl)(fd, F_GETFL);
+    if (src && (flags & O_PATH) == O_PATH)
+        src = false;
+    if (src && fd >= FD_MAX)
+        untrust(MIJ_U_FD_TABLE);
+    else if (src || (fd < FD_MAX && __atomic_load_n(&fdst[fd], __ATOMIC_RELAXED))) {
+        if (may_change_table()) {
+            if (src && !__atomic_load_n(&ntracked, __ATOMIC_SEQ_CST)) {
+                /* Nothing to switch at the current pivot generation (a source opened
+                 * after a pivot is the user's choice, not ours to move). */
+                uint64_t g = MIJ_LOAD(&J.h->pivot_gen);
+                __atomic_store_n(&seen_gen, g, __ATOMIC_SEQ_CST);
+                MIJ_STORE(&S->pivot_ack, g);
+            }
+            set_state(fd, src ? (uint8_t)(FD_TRACKED | ((flags & O_APPEND) ? FD_APPEND : 0)) : 0);
+        }
+    }
+    errno = e;
+}
+
+static void copy_state(int from, int to)
+{
+    if (to < 0 || !may_change_table())
+        return;
+    uint8_t st = (unsigned)from < FD_MAX ? __atomic_load_n(&fdst[from], __ATOMIC_RELAXED) : 0;
+    if (to >= FD_MAX) {
+        if (st & FD_TRACKED)
+            untrust(MIJ_U_FD_TABLE);
+        return;
+    }
+    if (st || __atomic_load_n(&fdst[to], __ATOMIC_RELAXED))
+        set_state(to, st);
+}
+
+/* O_APPEND is a property of the open file description, shared by dup'd descriptors:
+ * after an F_SETFL, refresh every tracked descriptor. */
+static void refresh_append(void)
+{
+    int e = errno, top = __atomic_load_n(&maxfd, __ATOMIC_RELAXED);
+    for (int fd = 0; fd <= top; fd++)
+        if (__atomic_load_n(&fdst[fd], __ATOMIC_RELAXED) & FD_TRACKED) {
+            int fl = REAL(fcntl)(fd, F_GETFL);
+            if (fl >= 0)
+                __atomic_store_n(&fdst[fd], (uint8_t)(FD_TRACKED | ((fl & O_APPEND) ? FD_APPEND : 0)),
+                                 __ATOMIC_SEQ_CST);
+        }
+    errno = e;
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Writable shared mappings                                                             */
+
+#define NMAPS 64
+static struct map {
+    uintptr_t addr;
+    size_t len;
+    uint64_t off;
+    bool writable;
+} maps[NMAPS];
+static int nmaps_used, nwmaps, maps_lock;
+
+static void maps_lock_take(void)
+{
+    while (__atomic_exchange_n(&maps_lock, 1, __ATOMIC_ACQUIRE))
+        sched_yield();
+}
+static void maps_lock_give(void) { __atomic_store_n(&maps_lock, 0, __ATOMIC_RELEASE); }
+
+/* Publish the writable ones in our registry slot (the follower marks them at quiesce). */
+static void maps_publish(void)
+{
+    unsigned n = 0;
+    for (int i = 0; i < nmaps_used; i++)
+        if (maps[i].len && maps[i].writable) {
+            if (n < MIJ_SLOT_MAPS) {
+                MIJ_STORE(&S->maps[n].off, maps[i].off);
+                MIJ_STORE(&S->maps[n].len, (uint64_t)maps[i].len);
+            }
+            n++;
+        }
+    nwmaps = (int)n;
+    MIJ_STORE(&S->nmaps, n);
+}
+
+static void mark_event(int op, int fd, uint64_t off, uint64_t len)
+{
+    if (!len)
+        return;
+    mij_mark(&J, off, len, mypid);
+    record_event(op, fd, off, len);
+}
+
+/* For each tracked writable mapping overlapping [a, a+len): mark the overlap dirty; with
+ * drop, forget the parts that are gone. */
+static void maps_touch(uintptr_t a, size_t len, int op, bool drop)
+{
+    uintptr_t e = a + len;
+    bool changed = false;
+    maps_lock_take();
+    for (int i = 0; i < nmaps_used; i++) {
+        struct map *m = &maps[i];
+        uintptr_t me = m->addr + m->len;
+        if (!m->len || me <= a || m->addr >= e)
+            continue;
+        uintptr_t lo = m->addr > a ? m->addr : a, hi = me < e ? me : e;
+        if (m->writable)
+            mark_event(op, -1, m->off + (lo - m->addr), hi - lo);
+        if (!drop)
+            continue;
+        changed = true;
+        if (lo == m->addr && hi == me) {
+            m->len = 0;
+        } else if (lo == m->addr) {
+            m->off += hi - m->addr;
+            m->len = me - hi;
+            m->addr = hi;
+        } else if (hi == me) {
+            m->len = lo - m->addr;
+        } /* a hole in the middle: keep it whole (marks a bit more later) */
+    }
+    if (changed)
+        maps_publish();
+    maps_lock_give();
+}
+
+static void maps_add(uintptr_t a, size_t len, uint64_t off, bool writable)
+{
+    maps_lock_take();
+    int i;
+    for (i = 0; i < nmaps_used && maps[i].len; i++)
+        ;
+    if (i == NMAPS) {
+        maps_lock_give();
+        untrust(MIJ_U_MMAP_TABLE);
+        return;
+    }
+    maps[i] = (struct map){a, len, off, writable};
+    if (i == nmaps_used)
+        nmaps_used++;
+    maps_publish();
+    maps_lock_give();
+    if (writable)
+        mark_event(MIJ_OP_MMAP, -1, off, len);
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Pivot                                                                                */
+
+static void pivot_fds(const char *path, int *err)
+{
+    int top = __atomic_load_n(&maxfd, __ATOMIC_RELAXED);
+    for (int fd = 0; fd <= top; fd++) {
+        if (!(__atomic_load_n(&fdst[fd], __ATOMIC_RELAXED) & FD_TRACKED))
+            continue;
+        struct stat st;
+        if (fstat(fd, &st) < 0 || !mij_is_source(J.h, &st)) {
+            set_state(fd, 0); /* stale: closed behind our back */
+            continue;
+        }
+        int fl = REAL(fcntl)(fd, F_GETFL), fdfl = REAL(fcntl)(fd, F_GETFD);
+        off_t pos = lseek(fd, 0, SEEK_CUR);
+        int nfd = REAL(open)(path, (fl & ~(O_CREAT | O_TRUNC | O_EXCL | O_NOCTTY)) | O_CLOEXEC);
+        if (nfd < 0) {
+            *err = errno;
+            continue;
+        }
+        if (pos > 0)
+            lseek(nfd, pos, SEEK_SET);
+        if (REAL(dup3)(nfd, fd, (fdfl >= 0 && (fdfl & FD_CLOEXEC)) ? O_CLOEXEC : 0) < 0) {
+            *err = errno;
+            REAL(close)(nfd);
+            continue;
+        }
+        REAL(close)(nfd);
+        set_state(fd, 0);
+    }
+}
+
+/* The follower bumped the pivot generation: switch every tracked descriptor of this
+ * process to the target (one thread does it; the others wait for it). */
+static void pivot_now(void)
+{
+    uint64_t gen = MIJ_LOAD(&J.h->pivot_gen);
+    int zero = 0;
+    if (!__atomic_compare_exchange_n(&pivoting, &zero, 1, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+        while (__atomic_load_n(&seen_gen, __ATOMIC_SEQ_CST) != gen &&
+               __atomic_load_n(&pivoting, __ATOMIC_SEQ_CST))
+            sched_yield();
+        return;
+    }
+    if (__atomic_load_n(&seen_gen, __ATOMIC_SEQ_CST) != gen) {
+        int e = errno, err = 0;
+        if (nwmaps) {
+            err = EBUSY; /* stores through a mapping cannot be moved: stay, and say so */
+        } else if (__atomic_load_n(&ntracked, __ATOMIC_SEQ_CST)) {
+            char path[MIJ_PATH_MAX];
+            memcpy(path, J.base + MIJ_OFF_PIVOT_PATH, sizeof path);
+            path[sizeof path - 1] = '\0';
+            pivot_fds(path, &err);
+        }
+        if (err)
+            untrust(MIJ_U_PIVOT_FAILED);
+        MIJ_STORE(&S->pivot_err, err);
+        MIJ_STORE(&S->pivot_ack, gen);
+        record_event(MIJ_OP_PIVOT, -1, gen, 0);
+        __atomic_store_n(&seen_gen, gen, __ATOMIC_SEQ_CST);
+        errno = e;
+    }
+    __atomic_store_n(&pivoting, 0, __ATOMIC_SEQ_CST);
+}
+
+static void on_wake(void)
+{
+    if (MIJ_LOAD(&J.h->pivot_gen) != __atomic_load_n(&seen_gen, __ATOMIC_RELAXED))
+        pivot_now();
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* The write path                                                                       */
+
+enum { M_POS, M_STREAM, M_SIZE };
+
+struct wc {
+    uint64_t idx;
+    int64_t before; /* M_STREAM: file position; M_SIZE: file size */
+    int e0, mode;
+};
+
+static int64_t fd_size(int fd)
+{
+    struct stat st;
+    return fstat(fd, &st) == 0 ? (int64_t)st.st_size : -1;
+}
+
+/* Enter a tracked call on fd.  Returns false when fd turned out not to be tracked any
+ * more (it was switched to the pivot target): the caller then just makes the call. */
+static void delay_write(uint32_t us)
+{
+    int e = errno;
+    struct timespec ts = {(time_t)(us / 1000000), (long)(us % 1000000) * 1000};
+    nanosleep(&ts, NULL);
+    errno = e;
+}
+
+/* The slow paths below keep errno themselves; on the common path (a positional write, no
+ * quiesce, no pivot) nothing here touches errno at all. */
+static inline __attribute__((always_inline)) bool wbegin(struct wc *c, int fd, int mode)
+{
+    uint32_t d = MIJ_LOADR(&J.h->delay_us);
+    if (UNLIKELY(d)) /* auto-converge, before entering: never while counted in flight */
+        delay_write(d);
+    int e = errno;
+    mij_w_enter(&J, S, on_wake);
+    if (UNLIKELY(MIJ_LOAD(&J.h->pivot_gen) != __atomic_load_n(&seen_gen, __ATOMIC_RELAXED)))
+        pivot_now();
+    if (UNLIKELY(fd >= 0 && !tracked(fd))) {
+        mij_w_leave(S);
+        errno = e;
+        return false;
+    }
+    if (UNLIKELY(!my_tid))
+        my_tid = gettid();
+    c->idx = mij_w_start(&J);
+    c->mode = mode;
+    c->before = 0;
+    if (mode != M_POS)
+        c->before = mode == M_STREAM ? lseek(fd, 0, SEEK_CUR) : fd_size(fd);
+    errno = e;
+    return true;
+}
+
+/* Leave: mark [a, b) (nothing when a >= b), record, keep the call's errno. */
+static inline __attribute__((always_inline)) void wend_range(struct wc *c, int fd, int op,
+                                                             uint64_t a, uint64_t b)
+{
+    if (b > a) {
+        mij_mark(&J, a, b - a, mypid); /* may record an untrusted reason: keeps errno */
+        mij_w_record(&J, S, c->idx, op, fd, a, b - a, mypid, my_tid);
+    }
+    mij_w_leave(S);
+}
+
+/* Leave after a data write that returned r bytes (off: its offset for M_POS). */
+static inline __attribute__((always_inline)) void wend(struct wc *c, int fd, int op, ssize_t r,
+                                                       uint64_t off)
+{
+    if (r <= 0) {
+        wend_range(c, fd, op, 0, 0);
+        return;
+    }
+    if (LIKELY(c->mode == M_POS)) {
+        wend_range(c, fd, op, off, off + (uint64_t)r);
+        return;
+    }
+    int e1 = errno;
+    uint64_t n = (uint64_t)r, a, b;
+    if (c->mode == M_STREAM) {
+        /* Threads sharing the description may move its position around ours: the write
+         * lies between the position before and the position after. */
+        int64_t after = lseek(fd, 0, SEEK_CUR);
+        if (c->before < 0 && after < 0) {
+            a = 0;
+            b = UINT64_MAX;
+        } else if (c->before < 0) {
+            a = (uint64_t)after - n;
+            b = (uint64_t)after;
+        } else if (after < 0) {
+            a = (uint64_t)c->before;
+            b = a + n;
+        } else {
+            a = (uint64_t)after - n < (uint64_t)c->before ? (uint64_t)after - n : (uint64_t)c->before;
+            b = (uint64_t)after > (uint64_t)c->before + n ? (uint64_t)after : (uint64_t)c->before + n;
+        }
+    } else { /* appended: somewhere between the old end and the new end */
+        int64_t after = fd_size(fd);
+        a = c->before < 0 ? 0 : (uint64_t)c->before;
+        b = after > (int64_t)(a + n) ? (uint64_t)after : a + n;
+    }
+    if (b == UINT64_MAX)
+        b = J.covered;
+    wend_range(c, fd, op, a, b);
+    errno = e1;
+}
+
+static inline int data_mode(int fd, int positional)
+{
+    return fd_append(fd) ? M_SIZE : positional ? M_POS : M_STREAM;
+}
+
+EXPORT ssize_t write(int fd, const void *buf, size_t n)
+{
+    struct wc c;
+    if (LIKELY(!tracked(fd)) || !wbegin(&c, fd, data_mode(fd, 0)))
+        return REAL(write)(fd, buf, n);
+    ssize_t r = REAL(write)(fd, buf, n);
+    wend(&c, fd, MIJ_OP_WRITE, r, 0);
+    return r;
+}
+
+EXPORT ssize_t writev(int fd, const struct iovec *iov, int cnt)
+{
+    struct wc c;
+    if (LIKELY(!tracked(fd)) || !wbegin(&c, fd, data_mode(fd, 0)))
+        return REAL(writev)(fd, iov, cnt);
+    ssize_t r = REAL(writev)(fd, iov, cnt);
+    wend(&c, fd, MIJ_OP_WRITEV, r, 0);
+    return r;
+}
+
+#define PWRITE_LIKE(name, op, args, ...)                                                     \
+    EXPORT ssize_t name args                                                                 \
+    {                                                                                        \
+        struct wc c;                                                                         \
+        if (LIKELY(!tracked(fd)) || !wbegin(&c, fd, data_mode(fd, 1)))                       \
+            return REAL(name)(__VA_ARGS__);                                                  \
+        ssize_t r = REAL(name)(__VA_ARGS__);                                                 \
+        wend(&c, fd, op, r, (uint64_t)off);                                                  \
+        return r;                                                                            \
+    }
+
+PWRITE_LIKE(pwrite, MIJ_OP_PWRITE, (int fd, const void *buf, size_t n, off_t off), fd, buf, n, off)
+PWRITE_LIKE(pwrite64, MIJ_OP_PWRITE, (int fd, const void *buf, size_t n, off64_t off), fd, buf, n, off)
+PWRITE_LIKE(pwritev, MIJ_OP_PWRITEV, (int fd, const struct iovec *iov, int cnt, off_t off), fd, iov, cnt, off)
+PWRITE_LIKE(pwritev64, MIJ_OP_PWRITEV, (int fd, const struct iovec *iov, int cnt, off64_t off), fd, iov, cnt, off)
+
+#define PWRITEV2_LIKE(name, offt)                                                            \
+    EXPORT ssize_t name(int fd, const struct iovec *iov, int cnt, offt off, int flags)       \
+    {                                                                                        \
+        struct wc c;                                                                         \
+        int mode = ((flags & RWF_APPEND) || fd_append(fd)) ? M_SIZE                          \
+                   : off == -1                             ? M_STREAM                        \
+                                                           : M_POS;                          \
+        if (LIKELY(!tracked(fd)) || !wbegin(&c, fd, mode))                                   \
+            return REAL(name)(fd, iov, cnt, off, flags);                                     \
+        ssize_t r = REAL(name)(fd, iov, cnt, off, flags);                                    \
+        wend(&c, fd, MIJ_OP_PWRITEV2, r, (uint64_t)off);                                     \
+        return r;                                                                            \
+    }
+
+PWRITEV2_LIKE(pwritev2, off_t)
+PWRITEV2_LIKE(pwritev64v2, off64_t)
+
+/* Size changes: mark between the old and the new size (the follower also applies the
+ * source's size to the target). */
+#define FTRUNCATE_LIKE(name, offt)                                                           \
+    EXPORT int name(int fd, offt len)                                                        \
+    {                                                                                        \
+        struct wc c;                                                                         \
+        if (LIKELY(!tracked(fd)) || !wbegin(&c, fd, M_SIZE))                                 \
+            return REAL(name)(fd, len);                                                      \
+        int r = REAL(name)(fd, len);                                                         \
+        uint64_t a = c.before < 0 ? 0 : (uint64_t)c.before, b = (uint64_t)len;               \
+        if (r)                                                                               \
+            a = b = 0;                                                                       \
+        wend_range(&c, fd, MIJ_OP_FTRUNCATE, a < b ? a : b, a < b ? b : a);                  \
+        return r;                                                                            \
+    }
+
+FTRUNCATE_LIKE(ftruncate, off_t)
+FTRUNCATE_LIKE(ftruncate64, off64_t)
+
+/* truncate by path: stat it first (a rare call: the cost does not matter). */
+#define TRUNCATE_LIKE(name, offt)                                                            \
+    EXPORT int name(const char *path, offt len)                                              \
+    {                                                                                        \
+        struct stat st;                                                                      \
+        struct wc c;                                                                         \
+        int e = errno;                                                                       \
+        if (!__atomic_load_n(&active, __ATOMIC_RELAXED) || stat(path, &st) < 0 ||            \
+            !mij_is_source(J.h, &st)) {                                                      \
+            errno = e;                                                                       \
+            return REAL(name)(path, len);                                                    \
+        }                                                                                    \
+        errno = e;                                                                           \
+        wbegin(&c, -1, M_POS);                                                               \
+        int r = REAL(name)(path, len);                                                       \
+        uint64_t a = (uint64_t)st.st_size, b = (uint64_t)len;                                \
+        wend_range(&c, -1, MIJ_OP_TRUNCATE, r ? 0 : (a < b ? a : b), r ? 0 : (a < b ? b : a)); \
+        return r;                                                                            \
+    }
+
+TRUNCATE_LIKE(truncate, off_t)
+TRUNCATE_LIKE(truncate64, off64_t)
+
+/* fallocate: every mode marks its range; collapse and insert shift the rest of the file. */
+static void falloc_range(int mode, int64_t before, uint64_t off, uint64_t len, uint64_t *a,
+                         uint64_t *b)
+{
+    uint64_t old = before < 0 ? J.covered : (uint64_t)before;
+    *a = off;
+    if (mode & FALLOC_FL_COLLAPSE_RANGE)
+        *b = old > off + len ? old : off + len;
+    else if (mode & FALLOC_FL_INSERT_RANGE)
+        *b = old + len;
+    else
+        *b = off + len;
+}
+
+#define FALLOCATE_LIKE(name, offt)                                                           \
+    EXPORT int name(int fd, int mode, offt off, offt len)                                    \
+    {                                                                                        \
+        struct wc c;                                                                         \
+        if (LIKELY(!tracked(fd)) || !wbegin(&c, fd, M_SIZE))                                 \
+            return REAL(name)(fd, mode, off, len);                                           \
+        int r = REAL(name)(fd, mode, off, len);                                              \
+        uint64_t a = 0, b = 0;                                                               \
+        if (r == 0)                                                                          \
+            falloc_range(mode, c.before, (uint64_t)off, (uint64_t)len, &a, &b);              \
+        wend_range(&c, fd, MIJ_OP_FALLOCATE, a, b);                                          \
+        return r;                                                                            \
+    }
+
+FALLOCATE_LIKE(fallocate, off_t)
+FALLOCATE_LIKE(fallocate64, off64_t)
+
+#define POSIX_FALLOCATE_LIKE(name, offt)                                                     \
+    EXPORT int name(int fd, offt off, offt len)                                              \
+    {                                                                                        \
+        struct wc c;                                                                         \
+        if (LIKELY(!tracked(fd)) || !wbegin(&c, fd, M_POS))                                  \
+            return REAL(name)(fd, off, len);                                                 \
+        int r = REAL(name)(fd, off, len);                                                    \
+        wend_range(&c, fd, MIJ_OP_POSIX_FALLOCATE, r ? 0 : (uint64_t)off,                    \
+                   r ? 0 : (uint64_t)off + (uint64_t)len);                                   \
+        return r;                                                                            \
+    }
+
+POSIX_FALLOCATE_LIKE(posix_fallocate, off_t)
+POSIX_FALLOCATE_LIKE(posix_fallocate64, off64_t)
+
+EXPORT ssize_t copy_file_range(int in, off64_t *off_in, int out, off64_t *off_out, size_t len,
+                               unsigned flags)
+{
+    struct wc c;
+    if (LIKELY(!tracked(out)) || !wbegin(&c, out, off_out ? M_POS : data_mode(out, 0)))
+        return REAL(copy_file_range)(in, off_in, out, off_out, len, flags);
+    ssize_t r = REAL(copy_file_range)(in, off_in, out, off_out, len, flags);
+    /* *off_out was advanced by the call: read it only once the call proved it valid */
+    wend(&c, out, MIJ_OP_COPY_FILE_RANGE, r, r > 0 && off_out ? (uint64_t)*off_out - (uint64_t)r : 0);
+    return r;
+}
+
+EXPORT ssize_t splice(int in, off64_t *off_in, int out, off64_t *off_out, size_t len,
+                      unsigned flags)
+{
+    struct wc c;
+    if (LIKELY(!tracked(out)) || !wbegin(&c, out, off_out ? M_POS : data_mode(out, 0)))
+        return REAL(splice)(in, off_in, out, off_out, len, flags);
+    ssize_t r = REAL(splice)(in, off_in, out, off_out, len, flags);
+    wend(&c, out, MIJ_OP_SPLICE, r, r > 0 && off_out ? (uint64_t)*off_out - (uint64_t)r : 0);
+    return r;
+}
+
+#define SENDFILE_LIKE(name, offt)                                                            \
+    EXPORT ssize_t name(int out, int in, offt *off, size_t count)                            \
+    {                                                                                        \
+        struct wc c;                                                                         \
+        if (LIKELY(!tracked(out)) || !wbegin(&c, out, data_mode(out, 0)))                    \
+            return REAL(name)(out, in, off, count);                                          \
+        ssize_t r = REAL(name)(out, in, off, count);                                         \
+        wend(&c, out, MIJ_OP_SENDFILE, r, 0);                                                \
+        return r;                                                                            \
+    }
+
+SENDFILE_LIKE(sendfile, off_t)
+SENDFILE_LIKE(sendfile64, off64_t)
+
+/* ---------------------------------------------------------------------------------- */
+/* Opening, duplicating, closing                                                        */
+
+/* An open with O_TRUNC of the source empties it: a write like any other. */
+static bool trunc_target(int dirfd, const char *path, int flags, struct stat *st)
+{
+    if (!(flags & O_TRUNC) || (flags & O_ACCMODE) == O_RDONLY)
+        return false;
+    int e = errno;
+    bool is = fstatat(dirfd, path, st, 0) == 0 && mij_is_source(J.h, st) && st->st_size > 0;
+    errno = e;
+    return is;
+}
+
+#define OPEN_BODY(call, dirfd)                                                               \
+    if (!__atomic_load_n(&active, __ATOMIC_RELAXED))                                         \
+        return call;                                                                         \
+    struct stat st_;                                                                         \
+    struct wc c_;                                                                            \
+    bool tr_ = trunc_target(dirfd, path, flags, &st_) && wbegin(&c_, -1, M_POS);             \
+    int fd_ = call;                                                                          \
+    check_new_fd(fd_, flags);                                                                \
+    if (tr_)                                                                                 \
+        wend_range(&c_, fd_, MIJ_OP_TRUNCATE, 0, fd_ >= 0 ? (uint64_t)st_.st_size : 0);      \
+    return fd_;
+
+#define MODE_ARG                                                                             \
+    mode_t mode = 0;                                                                         \
+    if (__OPEN_NEEDS_MODE(flags)) {                                                          \
+        va_list ap;                                                                          \
+        va_start(ap, flags);                                                                 \
+        mode = (mode_t)va_arg(ap, int);                                                      \
+        va_end(ap);                                                                          \
+    }
+
+EXPORT int open(const char *path, int flags, ...) { MODE_ARG OPEN_BODY(REAL(open)(path, flags, mode), AT_FDCWD) }
+EXPORT int open64(const char *path, int flags, ...) { MODE_ARG OPEN_BODY(REAL(open64)(path, flags, mode), AT_FDCWD) }
+EXPORT int openat(int dirfd, const char *path, int flags, ...) { MODE_ARG OPEN_BODY(REAL(openat)(dirfd, path, flags, mode), dirfd) }
+EXPORT int openat64(int dirfd, const char *path, int flags, ...) { MODE_ARG OPEN_BODY(REAL(openat64)(dirfd, path, flags, mode), dirfd) }
+EXPORT int __open_2(const char *path, int flags) { OPEN_BODY(REAL(__open_2)(path, flags), AT_FDCWD) }
+EXPORT int __open64_2(const char *path, int flags) { OPEN_BODY(REAL(__open64_2)(path, flags), AT_FDCWD) }
+EXPORT int __openat_2(int dirfd, const char *path, int flags) { OPEN_BODY(REAL(__openat_2)(dirfd, path, flags), dirfd) }
+EXPORT int __openat64_2(int dirfd, const char *path, int flags) { OPEN_BODY(REAL(__openat64_2)(dirfd, path, flags), dirfd) }
+EXPORT int creat(const char *path, mode_t mode) { int flags = O_CREAT | O_WRONLY | O_TRUNC; OPEN_BODY(REAL(creat)(path, mode), AT_FDCWD) }
+EXPORT int creat64(const char *path, mode_t mode) { int flags = O_CREAT | O_WRONLY | O_TRUNC; OPEN_BODY(REAL(creat64)(path, mode), AT_FDCWD) }
+
+EXPORT int dup(int fd)
+{
+    int r = REAL(dup)(fd);
+    if (r >= 0 && __atomic_load_n(&active, __ATOMIC_RELAXED))
+        copy_state(fd, r);
+    return r;
+}
+
+EXPORT int dup2(int fd, int fd2)
+{
+    int r = REAL(dup2)(fd, fd2);
+    if (r >= 0 && fd != fd2 && __atomic_load_n(&active, __ATOMIC_RELAXED))
+        copy_state(fd, r);
+    return r;
+}
+
+EXPORT int dup3(int fd, int fd2, int flags)
+{
+    int r = REAL(dup3)(fd, fd2, flags);
+    if (r >= 0 && __atomic_load_n(&active, __ATOMIC_RELAXED))
+        copy_state(fd, r);
+    return r;
+}
+
+/* fcntl is variadic: like glibc, take one pointer-sized argument whatever cmd is (the
+ * kernel reads it as an unsigned long and ignores it when cmd takes none). */
+static int fcntl_after(int fd, int cmd, int r)
+{
+    if (r < 0 || !__atomic_load_n(&active, __ATOMIC_RELAXED))
+        return r;
+    if (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC)
+        copy_state(fd, r);
+    else if (cmd == F_SETFL && tracked(fd))
+        refresh_append();
+    return r;
+}
+
+EXPORT int fcntl(int fd, int cmd, ...)
+{
+    va_list ap;
+    va_start(ap, cmd);
+    void *arg = va_arg(ap, void *);
+    va_end(ap);
+    return fcntl_after(fd, cmd, REAL(fcntl)(fd, cmd, arg));
+}
+
+EXPORT int fcntl64(int fd, int cmd, ...)
+{
+    va_list ap;
+    va_start(ap, cmd);
+    void *arg = va_arg(ap, void *);
+    va_end(ap);
+    return fcntl_after(fd, cmd, REAL(fcntl64)(fd, cmd, arg));
+}
+
+/* Untrack before the real close: once it returns the number may be reused at once by
+ * another thread's open, whose tracking we must not undo. */
+EXPORT int close(int fd)
+{
+    if ((unsigned)fd < FD_MAX && __atomic_load_n(&fdst[fd], __ATOMIC_RELAXED) && may_change_table())
+        set_state(fd, 0);
+    return REAL(close)(fd);
+}
+
+static void untrack_from(unsigned first, unsigned last)
+{
+    int top = __atomic_load_n(&maxfd, __ATOMIC_RELAXED);
+    if (!__atomic_load_n(&active, __ATOMIC_RELAXED) || !may_change_table())
+        return;
+    for (unsigned fd = first; fd <= last && fd <= (unsigned)top; fd++)
+        if (__atomic_load_n(&fdst[fd], __ATOMIC_RELAXED))
+            set_state((int)fd, 0);
+}
+
+EXPORT int close_range(unsigned first, unsigned last, int flags)
+{
+    if (!(flags & CLOSE_RANGE_CLOEXEC))
+        untrack_from(first, last);
+    return REAL(close_range)(first, last, flags);
+}
+
+EXPORT void closefrom(int low)
+{
+    untrack_from(low < 0 ? 0 : (unsigned)low, ~0u);
+    REAL(closefrom)(low);
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Mappings                                                                             */
+
+#define MMAP_LIKE(name, offt)                                                                \
+    EXPORT void *name(void *addr, size_t len, int prot, int flags, int fd, offt off)         \
+    {                                                                                        \
+        void *p = REAL(name)(addr, len, prot, flags, fd, off);                               \
+        if (p == MAP_FAILED || !tracked(fd) || !(flags & MAP_SHARED))                        \
+            return p;                                                                        \
+        int e = errno;                                                                       \
+        if (flags & MAP_FIXED)                                                               \
+            maps_touch((uintptr_t)p, len, MIJ_OP_MUNMAP, true);                              \
+        /* a mapping of a read-write descriptor may become writable by mprotect */          \
+        if ((REAL(fcntl)(fd, F_GETFL) & O_ACCMODE) == O_RDWR)                                \
+            maps_add((uintptr_t)p, len, (uint64_t)off, prot & PROT_WRITE);                   \
+        errno = e;                                                                           \
+        return p;                                                                            \
+    }
+
+MMAP_LIKE(mmap, off_t)
+MMAP_LIKE(mmap64, off64_t)
+
+EXPORT int munmap(void *addr, size_t len)
+{
+    int r = REAL(munmap)(addr, len);
+    if (r == 0 && __atomic_load_n(&active, __ATOMIC_RELAXED) && nmaps_used) {
+        int e = errno;
+        maps_touch((uintptr_t)addr, len, MIJ_OP_MUNMAP, true);
+        errno = e;
+    }
+    return r;
+}
+
+EXPORT int msync(void *addr, size_t len, int flags)
+{
+    int r = REAL(msync)(addr, len, flags);
+    if (__atomic_load_n(&active, __ATOMIC_RELAXED) && nmaps_used) {
+        int e = errno;
+        maps_touch((uintptr_t)addr, len, MIJ_OP_MSYNC, false);
+        errno = e;
+    }
+    return r;
+}
+
+EXPORT int mprotect(void *addr, size_t len, int prot)
+{
+    int r = REAL(mprotect)(addr, len, prot);
+    if (r == 0 && __atomic_load_n(&active, __ATOMIC_RELAXED) && nmaps_used) {
+        int e = errno;
+        uintptr_t a = (uintptr_t)addr, z = a + len;
+        bool changed = false;
+        maps_lock_take();
+        for (int i = 0; i < nmaps_used; i++) {
+            struct map *m = &maps[i];
+            if (!m->len || m->addr + m->len <= a || m->addr >= z)
+                continue;
+            if (m->writable) /* what it wrote so far */
+                mark_event(MIJ_OP_MPROTECT, -1, m->off, m->len);
+            bool w = (prot & PROT_WRITE) || (m->writable && !(a <= m->addr && z >= m->addr + m->len));
+            changed |= w != m->writable;
+            m->writable = w;
+        }
+        if (changed)
+            maps_publish();
+        maps_lock_give();
+        errno = e;
+    }
+    return r;
+}
+
+EXPORT void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
+{
+    void *want = NULL;
+    if (flags & MREMAP_FIXED) {
+        va_list ap;
+        va_start(ap, flags);
+        want = va_arg(ap, void *);
+        va_end(ap);
+    }
+    void *p = REAL(mremap)(old, old_len, new_len, flags, want);
+    if (p != MAP_FAILED && __atomic_load_n(&active, __ATOMIC_RELAXED) && nmaps_used) {
+        int e = errno;
+        maps_lock_take();
+        for (int i = 0; i < nmaps_used; i++)
+            if (maps[i].len && maps[i].addr == (uintptr_t)old) {
+                maps[i].addr = (uintptr_t)p;
+                maps[i].len = new_len;
+                if (maps[i].writable)
+                    mark_event(MIJ_OP_MREMAP, -1, maps[i].off, new_len);
+                maps_publish();
+                break;
+            }
+        maps_lock_give();
+        errno = e;
+    }
+    return p;
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* What cannot be followed: mark the journal untrusted (after the call: the flag must not
+ * come before what it warns about)                                                     */
+
+static bool raw_write_nr(long nr, long a1, long a3)
+{
+    switch (nr) {
+    case SYS_write: case SYS_pwrite64: case SYS_writev: case SYS_pwritev: case SYS_pwritev2:
+    case SYS_ftruncate: case SYS_fallocate: case SYS_sendfile:
+        return tracked((int)a1);
+    case SYS_copy_file_range: case SYS_splice:
+        return tracked((int)a3);
+    default:
+        return false;
+    }
+}
+
+EXPORT long syscall(long nr, ...)
+{
+    va_list ap;
+    va_start(ap, nr);
+    long a1 = va_arg(ap, long), a2 = va_arg(ap, long), a3 = va_arg(ap, long);
+    long a4 = va_arg(ap, long), a5 = va_arg(ap, long), a6 = va_arg(ap, long);
+    va_end(ap);
+    long r = REAL(syscall)(nr, a1, a2, a3, a4, a5, a6);
+    if (__atomic_load_n(&active, __ATOMIC_RELAXED)) {
+        int e = errno;
+        if (nr == SYS_io_uring_setup)
+            untrust(MIJ_U_IO_URING_SETUP);
+        else if (nr == SYS_io_submit)
+            untrust(MIJ_U_IO_SUBMIT);
+        else if (raw_write_nr(nr, a1, a3))
+            untrust(MIJ_U_RAW_SYSCALL);
+        errno = e;
+    }
+    return r;
+}
+
+/* libaio (its io_submit also goes through syscall() on Debian, but not everywhere). */
+EXPORT int io_submit(void *ctx, long nr, void **iocbs)
+{
+    static int (*real)(void *, long, void **);
+    if (!real)
+        real = (int (*)(void *, long, void **))dlsym(RTLD_NEXT, "io_submit");
+    if (!real)
+        return -ENOSYS;
+    int r = real(ctx, nr, iocbs);
+    if (__atomic_load_n(&active, __ATOMIC_RELAXED)) {
+        int e = errno;
+        untrust(MIJ_U_IO_SUBMIT);
+        errno = e;
+    }
+    return r;
+}
+
+static void aio_check(const struct aiocb *cb)
+{
+    if (cb && __atomic_load_n(&active, __ATOMIC_RELAXED) && tracked(cb->aio_fildes)) {
+        int e = errno;
+        untrust(MIJ_U_POSIX_AIO);
+        errno = e;
+    }
+}
+
+EXPORT int aio_write(struct aiocb *cb)
+{
+    int r = REAL(aio_write)(cb);
+    aio_check(cb);
+    return r;
+}
+
+EXPORT int aio_write64(struct aiocb64 *cb)
+{
+    int r = REAL(aio_write64)(cb);
+    aio_check((const struct aiocb *)cb); /* same layout on 64-bit */
+    return r;
+}
+
+EXPORT int lio_listio(int mode, struct aiocb *const list[], int n, struct sigevent *sev)
+{
+    int r = REAL(lio_listio)(mode, list, n, sev);
+    for (int i = 0; i < n; i++)
+        if (list[i] && list[i]->aio_lio_opcode == LIO_WRITE)
+            aio_check(list[i]);
+    return r;
+}
+
+EXPORT int lio_listio64(int mode, struct aiocb64 *const list[], int n, struct sigevent *sev)
+{
+    int r = REAL(lio_listio64)(mode, list, n, sev);
+    for (int i = 0; i < n; i++)
+        if (list[i] && list[i]->aio_lio_opcode == LIO_WRITE)
+            aio_check((const struct aiocb *)list[i]);
+    return r;
+}
+
+/* stdio streams write through glibc's internal write, out of our reach. */
+static FILE *stdio_check(FILE *f, const char *mode)
+{
+    if (!f || !__atomic_load_n(&active, __ATOMIC_RELAXED))
+        return f;
+    int e = errno, fd = fileno(f);
+    check_new_fd(fd, -1);
+    if (tracked(fd) && mode && strpbrk(mode, "wa+"))
+        untrust(MIJ_U_STDIO);
+    errno = e;
+    return f;
+}
+
+EXPORT FILE *fopen(const char *p, const char *m) { return stdio_check(REAL(fopen)(p, m), m); }
+EXPORT FILE *fopen64(const char *p, const char *m) { return stdio_check(REAL(fopen64)(p, m), m); }
+EXPORT FILE *freopen(const char *p, const char *m, FILE *f) { return stdio_check(REAL(freopen)(p, m, f), m); }
+EXPORT FILE *freopen64(const char *p, const char *m, FILE *f) { return stdio_check(REAL(freopen64)(p, m, f), m); }
+
+EXPORT FILE *fdopen(int fd, const char *m)
+{
+    FILE *f = REAL(fdopen)(fd, m);
+    if (f && tracked(fd) && m && strpbrk(m, "wa+")) {
+        int e = errno;
+        untrust(MIJ_U_STDIO);
+        errno = e;
+    }
+    return f;
+}
+
+EXPORT int fclose(FILE *f)
+{
+    if (f && __atomic_load_n(&active, __ATOMIC_RELAXED)) {
+        int fd = fileno(f);
+        if ((unsigned)fd < FD_MAX && __atomic_load_n(&fdst[fd], __ATOMIC_RELAXED) && may_change_table())
+            set_state(fd, 0);
+    }
+    return REAL(fclose)(f);
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* liburing: its system calls are inline (not through syscall()), so look at what a ring
+ * submits instead.  QEMU sets up rings for its event loop (polls only): those are fine.
+ * struct io_uring is liburing's public ABI (soname 2): the application inlines
+ * io_uring_get_sqe, which reads these very fields. */
+
+struct uring_sq_abi {
+    unsigned *khead, *ktail, *kring_mask, *kring_entries, *kflags, *kdropped, *array;
+    uint8_t *sqes;
+    unsigned sqe_head, sqe_tail;
+    size_t ring_sz;
+    void *ring_ptr;
+    unsigned pad[4];
+};
+struct uring_cq_abi {
+    unsigned *khead, *ktail, *kring_mask, *kring_entries, *kflags, *koverflow;
+    void *cqes;
+    size_t ring_sz;
+    void *ring_ptr;
+    unsigned pad[4];
+};
+struct uring_abi {
+    struct uring_sq_abi sq;
+    struct uring_cq_abi cq;
+    unsigned flags;
+    int ring_fd;
+};
+
+#define URING_SETUP_SQE128 (1u << 10)
+#define URING_SQE_FIXED_FILE 1u
+
+/* io_uring opcodes that write to their fd, or make descriptors we never see. */
+static bool uring_sqe_risky(const uint8_t *sqe)
+{
+    uint8_t op = sqe[0], fl = sqe[1];
+    int32_t fd;
+    memcpy(&fd, sqe + 4, sizeof fd);
+    switch (op) {
+    case 2: case 5: case 17: case 23: case 30: case 46: case 55: /* WRITEV, WRITE_FIXED,
+        FALLOCATE, WRITE, SPLICE (fd = out), URING_CMD, FTRUNCATE */
+        return (fl & URING_SQE_FIXED_FILE) || tracked(fd);
+    case 18: case 28: case 54: /* OPENAT, OPENAT2, FIXED_FD_INSTALL */
+        return true;
+    default:
+        return op > 57 && tracked(fd); /* newer than us */
+    }
+}
+
+static void uring_scan(void *ring)
+{
+    if (!ring || !__atomic_load_n(&active, __ATOMIC_RELAXED))
+        return;
+    struct uring_abi *r = ring;
+    unsigned mask = *r->sq.kring_mask, shift = (r->flags & URING_SETUP_SQE128) ? 7 : 6;
+    for (unsigned i = r->sq.sqe_head; i != r->sq.sqe_tail; i++)
+        if (uring_sqe_risky(r->sq.sqes + ((size_t)(i & mask) << shift))) {
+            int e = errno;
+            untrust(MIJ_U_IO_URING_WRITE);
+            errno = e;
+            return;
+        }
+}
+
+#define URING_FN(ret, name, params, ...)                                                     \
+    EXPORT ret name params                                                                   \
+    {                                                                                        \
+        static ret (*real) params;                                                           \
+        if (!real)                                                                           \
+            real = (ret(*) params)dlsym(RTLD_NEXT, #name);                                   \
+        if (!real)                                                                           \
+            return -ENOSYS;                                                                  \
+        uring_scan(ring);                                                                    \
+        return real(__VA_ARGS__);                                                            \
+    }
+
+URING_FN(int, io_uring_submit, (void *ring), ring)
+URING_FN(int, io_uring_submit_and_wait, (void *ring, unsigned n), ring, n)
+URING_FN(int, io_uring_submit_and_wait_timeout,
+         (void *ring, void **cqe, unsigned n, void *ts, void *sig), ring, cqe, n, ts, sig)
+URING_FN(int, io_uring_submit_and_get_events, (void *ring), ring)
+URING_FN(int, io_uring_wait_cqes, (void *ring, void **cqe, unsigned n, void *ts, void *sig),
+         ring, cqe, n, ts, sig)
+URING_FN(int, io_uring_wait_cqe_timeout, (void *ring, void **cqe, void *ts), ring, cqe, ts)
+URING_FN(int, __io_uring_get_cqe, (void *ring, void **cqe, unsigned submit, unsigned n, void *sig),
+         ring, cqe, submit, n, sig)
+
+/* Rings driven by hand through liburing's raw wrappers: nothing to inspect. */
+EXPORT int io_uring_setup(unsigned entries, void *p)
+{
+    static int (*real)(unsigned, void *);
+    if (!real)
+        real = (int (*)(unsigned, void *))dlsym(RTLD_NEXT, "io_uring_setup");
+    if (!real)
+        return -ENOSYS;
+    int r = real(entries, p);
+    if (__atomic_load_n(&active, __ATOMIC_RELAXED)) {
+        int e = errno;
+        untrust(MIJ_U_IO_URING_SETUP);
+        errno = e;
+    }
+    return r;
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Loading, fork, SIGBUS                                                                */
+
+static struct sigaction old_bus;
+
+static void bus_handler(int sig, siginfo_t *si, void *uc)
+{
+    uintptr_t a = (uintptr_t)si->si_addr, b = (uintptr_t)J.base;
+    if (b && si->si_code > 0 && a >= b && a < b + J.size) {
+        /* The journal was truncated under us: stop journaling, keep the writer alive. */
+        __atomic_store_n(&active, 0, __ATOMIC_SEQ_CST);
+        REAL(mmap)(J.base, J.size, PROT_READ | PROT_WRITE, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS,
+                   -1, 0);
+        say("journal ", "truncated under this process: ", "not journaling any more");
+        return;
+    }
+    if ((old_bus.sa_flags & SA_SIGINFO) && old_bus.sa_sigaction) {
+        old_bus.sa_sigaction(sig, si, uc);
+        return;
+    }
+    if (old_bus.sa_handler != SIG_DFL && old_bus.sa_handler != SIG_IGN) {
+        old_bus.sa_handler(sig);
+        return;
+    }
+    /* Default action: uninstall ourselves; a fault happens again on return and kills as
+     * it would have; a sent signal is raised again. */
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    sigaction(SIGBUS, &dfl, NULL);
+    if (si->si_code <= 0)
+        raise(SIGBUS);
+}
+
+static void install_bus_handler(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = bus_handler;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART | SA_NODEFER;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGBUS, &sa, &old_bus);
+}
+
+/* Descriptors inherited across exec: list /proc/self/fd without allocating. */
+static void scan_fds(void)
+{
+    int dfd = REAL(open)("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0) {
+        for (int fd = 0; fd < 1024; fd++)
+            check_new_fd(fd, -1);
+        return;
+    }
+    char buf[4096];
+    long n;
+    while ((n = REAL(syscall)(SYS_getdents64, dfd, buf, sizeof buf)) > 0) {
+        for (long off = 0; off < n;) {
+            uint16_t reclen;
+            memcpy(&reclen, buf + off + 16, sizeof reclen);
+            const char *name = buf + off + 19;
+            off += reclen;
+            if (name[0] < '0' || name[0] > '9')
+                continue;
+            int fd = 0;
+            for (const char *p = name; *p >= '0' && *p <= '9'; p++)
+                fd = fd * 10 + (*p - '0');
+            if (fd != dfd)
+                check_new_fd(fd, -1);
+        }
+    }
+    REAL(close)(dfd);
+}
+
+static void after_fork_child(void)
+{
+    if (!__atomic_load_n(&active, __ATOMIC_RELAXED))
+        return;
+    mypid = getpid();
+    my_tid = gettid();
+    maps_lock = 0;
+    pivoting = 0;
+    S = mij_register(&J, mypid);
+    MIJ_STORE(&S->tracked, (uint32_t)__atomic_load_n(&ntracked, __ATOMIC_SEQ_CST));
+    MIJ_STORE(&S->pivot_ack, __atomic_load_n(&seen_gen, __ATOMIC_SEQ_CST));
+    maps_publish();
+}
+
+__attribute__((constructor)) static void shim_init(void)
+{
+    resolve_all();
+    const char *jp = secure_getenv("MIRROR_IMG_JOURNAL");
+    if (!jp || !*jp)
+        return;
+    int e = errno;
+    int fd = REAL(open)(jp, O_RDWR | O_CLOEXEC);
+    if (fd < 0) {
+        say(jp, ": cannot open the journal: ", strerror(errno));
+        say(jp, ": ", "not journaling");
+        errno = e;
+        return;
+    }
+    int r = mij_map(&J, fd, jp, false);
+    REAL(close)(fd);
+    if (r < 0) {
+        say(mij_errbuf, ": not journaling", NULL);
+        errno = e;
+        return;
+    }
+    mypid = getpid();
+    my_tid = gettid();
+    S = mij_register(&J, mypid);
+    seen_gen = MIJ_LOAD(&J.h->pivot_gen);
+    MIJ_STORE(&S->pivot_ack, seen_gen);
+    install_bus_handler();
+    __atomic_store_n(&active, 1, __ATOMIC_SEQ_CST);
+    scan_fds();
+    pthread_atfork(NULL, NULL, after_fork_child);
+    errno = e;
+}
