@@ -96,6 +96,7 @@ struct follower {
     bool dst_is_file;
     pthread_mutex_t mu;
     bool completing, ready, in_sync;
+    bool lease_lapsed; /* the lease ran out since the quiesce began */
     uint64_t downtime_ms;
     bool pivoted;
     /* rates, sampled each second by the main loop */
@@ -108,12 +109,21 @@ struct follower {
 static volatile sig_atomic_t got_signal;
 static void on_signal(int sig) { got_signal = sig; }
 
+static int follow_size_locked(struct follower *f, bool locked);
+
 /* ---- the journal as the engine's chunk supply ---- */
 
 static uint64_t supply_take(void *ctx, uint64_t cursor, uint64_t max, uint64_t *first)
 {
     struct follower *f = ctx;
-    return mij_take(f->j, cursor, max, first);
+    uint64_t n = mij_take(f->j, cursor, max, first);
+    /* A write past the end we know of: the file grew; catch up before copying it. */
+    if (n && (*first + n) * mij_granularity(f->j) > f->job->size &&
+        follow_size_locked(f, true) < 0) {
+        mij_redirty(f->j, *first, n);
+        return 0;
+    }
+    return n;
 }
 
 static void supply_done(void *ctx, uint64_t first, uint64_t n, bool ok)
@@ -161,13 +171,15 @@ static void extra_members(struct json *j, void *ctx)
 
 /* ---- the source's size follows the file ---- */
 
-static int follow_size(struct follower *f)
+/* Bring the job's, the source endpoint's and the target's sizes to the source file's.
+ * Called with the job lock held (from take) or not (locked = false). */
+static int follow_size_locked(struct follower *f, bool locked)
 {
     struct stat st;
     if (fstat(f->src_fd, &st) < 0)
         return mi_seterr(errno, "%s: %s", f->o->args[0], strerror(errno));
     uint64_t size = S_ISREG(st.st_mode) ? (uint64_t)st.st_size : f->src->size;
-    if (size == f->job->size)
+    if (size == __atomic_load_n(&f->job->size, __ATOMIC_RELAXED))
         return 0;
     if (f->dst_is_file) {
         struct ep *d = f->dst;
@@ -185,12 +197,16 @@ static int follow_size(struct follower *f)
         return mi_seterr(ENOSPC, "%s: the source grew to %llu bytes, beyond the target's size",
                          f->dst->name, (unsigned long long)size);
     }
-    pthread_mutex_lock(&f->job->lock);
-    f->job->size = size;
+    if (!locked)
+        pthread_mutex_lock(&f->job->lock);
+    __atomic_store_n(&f->job->size, size, __ATOMIC_RELAXED);
     f->src->size = size;
-    pthread_mutex_unlock(&f->job->lock);
+    if (!locked)
+        pthread_mutex_unlock(&f->job->lock);
     return 0;
 }
+
+static int follow_size(struct follower *f) { return follow_size_locked(f, false); }
 
 /* Mark what a full pass must copy: the source's data (and everything, when the target
  * holds old bytes that must be overwritten or zeroed). */
@@ -216,12 +232,25 @@ static int mark_full_pass(struct follower *f, bool everything)
 
 /* ---- complete ---- */
 
+/* Renew the lease.  A lease that ran out (the follower was stopped or starved) let the
+ * writers go, so a quiesce in progress no longer holds: remember it for complete. */
+static int renew(struct follower *f)
+{
+    if (mij_lease_renew(f->j) == -ETIME)
+        __atomic_store_n(&f->lease_lapsed, true, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&f->lease_lapsed, __ATOMIC_SEQ_CST) && f->completing)
+        return mi_seterr(ETIME, "%s: the follower's lease ran out during complete (was it "
+                         "stopped?) and the writers went on: try complete again", f->o->journal);
+    return 0;
+}
+
 static int drain(struct follower *f, uint64_t timeout_ns)
 {
     uint64_t deadline = mi_now_ns() + timeout_ns;
     job_kick(f->job);
     for (;;) {
-        mij_lease_renew(f->j);
+        if (renew(f) < 0)
+            return -ETIME;
         if (follow_size(f) < 0)
             return -EIO;
         uint64_t copying = 0, dirty = mij_backlog(f->j, &copying);
@@ -250,6 +279,7 @@ static int do_complete(struct follower *f, bool pivot, struct json *ret, char *d
     f->completing = true;
     pthread_mutex_unlock(&f->mu);
     uint64_t t0 = mi_now_ns();
+    __atomic_store_n(&f->lease_lapsed, false, __ATOMIC_SEQ_CST);
     struct mij_quiesce_info qi;
     int r = mij_quiesce_begin(f->j, 5000000000ULL, &qi);
     if (r < 0) {
@@ -279,6 +309,8 @@ static int do_complete(struct follower *f, bool pivot, struct json *ret, char *d
                           pi.first_err_pid, strerror(pi.first_err));
         }
     }
+    if (r == 0)
+        r = renew(f);
     if (r == 0)
         mij_source_observe(f->j, f->src_fd);
     uint64_t downtime = (mi_now_ns() - t0) / 1000000;
@@ -367,7 +399,7 @@ static void tick(struct job *job, void *arg)
         job_cancel(job);
         return;
     }
-    mij_lease_renew(f->j);
+    renew(f);
     pthread_mutex_lock(&f->mu);
     bool completing = f->completing;
     pthread_mutex_unlock(&f->mu);
