@@ -15,6 +15,7 @@
 #include "control.h"
 #include "events.h"
 #include "journal.h"
+#include "jsync.h"
 #include "jobctl.h"
 #include "nbd-config.h"
 #include "util.h"
@@ -87,65 +88,8 @@ static const struct argp follow_argp = {
     children, NULL, NULL,
 };
 
-struct follower {
-    struct mi_opts *o;
-    struct mij *j;
-    struct job *job;
-    struct ep *src, *dst;
-    int src_fd;
-    bool dst_is_file;
-    pthread_mutex_t mu;
-    bool completing, ready, in_sync;
-    bool lease_lapsed; /* the lease ran out since the quiesce began */
-    uint64_t downtime_ms;
-    bool pivoted;
-    /* rates, sampled each second by the main loop */
-    uint64_t last_sample_ns, last_bytes, last_backlog, write_rate, copy_rate, last_offset;
-    unsigned growing_secs;
-    uint32_t delay_us;
-    uint64_t untrusted_seen;
-};
-
 static volatile sig_atomic_t got_signal;
 static void on_signal(int sig) { got_signal = sig; }
-
-static int follow_size_locked(struct follower *f, bool locked);
-
-/* ---- the journal as the engine's chunk supply ---- */
-
-static uint64_t supply_take(void *ctx, uint64_t cursor, uint64_t max, uint64_t *first)
-{
-    struct follower *f = ctx;
-    uint64_t n = mij_take(f->j, cursor, max, first);
-    /* A write past the end we know of: the file grew; catch up before copying it. */
-    if (n && (*first + n) * mij_granularity(f->j) > f->job->size &&
-        follow_size_locked(f, true) < 0) {
-        mij_redirty(f->j, *first, n);
-        return 0;
-    }
-    return n;
-}
-
-static void supply_done(void *ctx, uint64_t first, uint64_t n, bool ok)
-{
-    struct follower *f = ctx;
-    if (ok)
-        mij_done(f->j, first, n);
-    else
-        mij_redirty(f->j, first, n);
-}
-
-static bool supply_idle(void *ctx, struct job *job)
-{
-    (void)ctx, (void)job;
-    return false; /* following ends with complete or cancel only */
-}
-
-static uint64_t backlog_bytes(struct follower *f)
-{
-    uint64_t copying = 0, dirty = mij_backlog(f->j, &copying);
-    return (dirty + copying) * mij_granularity(f->j);
-}
 
 static void extra_members(struct json *j, void *ctx)
 {
@@ -153,7 +97,7 @@ static void extra_members(struct json *j, void *ctx)
     pthread_mutex_lock(&f->mu);
     json_bool_member(j, "ready", f->ready);
     json_bool_member(j, "in_sync", f->in_sync);
-    json_u64_member(j, "backlog", backlog_bytes(f));
+    json_u64_member(j, "backlog", jsync_backlog(f));
     json_u64_member(j, "write_rate", f->write_rate);
     json_u64_member(j, "copy_rate", f->copy_rate);
     json_bool_member(j, "converging", f->growing_secs < 3);
@@ -169,101 +113,8 @@ static void extra_members(struct json *j, void *ctx)
     pthread_mutex_unlock(&f->mu);
 }
 
-/* ---- the source's size follows the file ---- */
-
-/* Bring the job's, the source endpoint's and the target's sizes to the source file's.
- * Called with the job lock held (from take) or not (locked = false). */
-static int follow_size_locked(struct follower *f, bool locked)
-{
-    struct stat st;
-    if (fstat(f->src_fd, &st) < 0)
-        return mi_seterr(errno, "%s: %s", f->o->args[0], strerror(errno));
-    uint64_t size = S_ISREG(st.st_mode) ? (uint64_t)st.st_size : f->src->size;
-    if (size == __atomic_load_n(&f->job->size, __ATOMIC_RELAXED))
-        return 0;
-    if (f->dst_is_file) {
-        struct ep *d = f->dst;
-        int fd = open(d->name, O_WRONLY | O_CLOEXEC);
-        if (fd < 0 || ftruncate(fd, (off_t)size) < 0) {
-            int e = errno;
-            if (fd >= 0)
-                close(fd);
-            return mi_seterr(e, "%s: cannot resize the target to %llu bytes: %s", d->name,
-                             (unsigned long long)size, strerror(e));
-        }
-        close(fd);
-        d->size = size;
-    } else if (size > f->dst->size) {
-        return mi_seterr(ENOSPC, "%s: the source grew to %llu bytes, beyond the target's size",
-                         f->dst->name, (unsigned long long)size);
-    }
-    if (!locked)
-        pthread_mutex_lock(&f->job->lock);
-    __atomic_store_n(&f->job->size, size, __ATOMIC_RELAXED);
-    f->src->size = size;
-    if (!locked)
-        pthread_mutex_unlock(&f->job->lock);
-    return 0;
-}
-
-static int follow_size(struct follower *f) { return follow_size_locked(f, false); }
-
-/* Mark what a full pass must copy: the source's data (and everything, when the target
- * holds old bytes that must be overwritten or zeroed). */
-static int mark_full_pass(struct follower *f, bool everything)
-{
-    uint64_t size = f->src->size, off = 0;
-    if (everything) {
-        mij_mark_range(f->j, 0, size);
-        return 0;
-    }
-    while (off < size) {
-        uint64_t len;
-        int kind;
-        int r = f->src->ops->block_status(f->src, off, size - off, 0, &len, &kind);
-        if (r < 0)
-            return r;
-        if (kind == EP_DATA)
-            mij_mark_range(f->j, off, len);
-        off += len;
-    }
-    return 0;
-}
 
 /* ---- complete ---- */
-
-/* Renew the lease.  A lease that ran out (the follower was stopped or starved) let the
- * writers go, so a quiesce in progress no longer holds: remember it for complete. */
-static int renew(struct follower *f)
-{
-    if (mij_lease_renew(f->j) == -ETIME)
-        __atomic_store_n(&f->lease_lapsed, true, __ATOMIC_SEQ_CST);
-    if (__atomic_load_n(&f->lease_lapsed, __ATOMIC_SEQ_CST) && f->completing)
-        return mi_seterr(ETIME, "%s: the follower's lease ran out during complete (was it "
-                         "stopped?) and the writers went on: try complete again", f->o->journal);
-    return 0;
-}
-
-static int drain(struct follower *f, uint64_t timeout_ns)
-{
-    uint64_t deadline = mi_now_ns() + timeout_ns;
-    job_kick(f->job);
-    for (;;) {
-        if (renew(f) < 0)
-            return -ETIME;
-        if (follow_size(f) < 0)
-            return -EIO;
-        uint64_t copying = 0, dirty = mij_backlog(f->j, &copying);
-        if (dirty == 0 && copying == 0 && job_idle(f->job))
-            return 0;
-        if (f->job->error)
-            return mi_seterr(EIO, "%s", f->job->error_msg);
-        if (mi_now_ns() > deadline)
-            return mi_seterr(ETIMEDOUT, "%s: could not drain the dirty chunks in time", f->o->journal);
-        struct timespec ts = {0, 200000};
-        nanosleep(&ts, NULL);
-    }
-}
 
 static int do_complete(struct follower *f, bool pivot, struct json *ret, char *desc, size_t dsize)
 {
@@ -278,44 +129,8 @@ static int do_complete(struct follower *f, bool pivot, struct json *ret, char *d
     pthread_mutex_lock(&f->mu);
     f->completing = true;
     pthread_mutex_unlock(&f->mu);
-    uint64_t t0 = mi_now_ns();
-    __atomic_store_n(&f->lease_lapsed, false, __ATOMIC_SEQ_CST);
-    struct mij_quiesce_info qi;
-    int r = mij_quiesce_begin(f->j, 5000000000ULL, &qi);
-    if (r < 0) {
-        snprintf(desc, dsize, "%s", mi_lasterr());
-        goto fail;
-    }
-    if (pivot && qi.maps) {
-        mij_quiesce_end(f->j);
-        snprintf(desc, dsize, "%s: cannot pivot: a writer has a writable shared mapping of %s",
-                 f->o->journal, f->o->args[0]);
-        goto fail;
-    }
-    r = drain(f, 30000000000ULL);
-    if (r == 0)
-        r = f->dst->ops->flush(f->dst);
-    if (r == 0 && pivot) {
-        struct mij_pivot_info pi;
-        char abs[PATH_MAX];
-        if (!realpath(f->dst->name, abs))
-            r = mi_seterr(errno, "%s: %s", f->dst->name, strerror(errno));
-        if (r == 0)
-            r = mij_pivot_request(f->j, abs);
-        if (r == 0)
-            r = mij_pivot_wait(f->j, 5000000000ULL, &pi);
-        if (r == 0 && pi.failed) {
-            r = mi_seterr(EIO, "%s: writer %d could not switch to the target: %s", f->o->journal,
-                          pi.first_err_pid, strerror(pi.first_err));
-        }
-    }
-    if (r == 0)
-        r = renew(f);
-    if (r == 0)
-        mij_source_observe(f->j, f->src_fd);
-    uint64_t downtime = (mi_now_ns() - t0) / 1000000;
-    mij_quiesce_end(f->j);
-    if (r < 0) {
+    uint64_t downtime;
+    if (jsync_settle(f, pivot, &downtime) < 0) {
         snprintf(desc, dsize, "%s", mi_lasterr());
         goto fail;
     }
@@ -373,7 +188,7 @@ static void sample_rates(struct follower *f, uint64_t now)
 {
     uint64_t bytes, writes;
     mij_counters(f->j, &bytes, &writes);
-    uint64_t backlog = backlog_bytes(f);
+    uint64_t backlog = jsync_backlog(f);
     double secs = (double)(now - f->last_sample_ns) / 1e9;
     pthread_mutex_lock(&f->mu);
     f->write_rate = (uint64_t)((double)(bytes - f->last_bytes) / secs);
@@ -399,13 +214,13 @@ static void tick(struct job *job, void *arg)
         job_cancel(job);
         return;
     }
-    renew(f);
+    jsync_renew(f);
     pthread_mutex_lock(&f->mu);
     bool completing = f->completing;
     pthread_mutex_unlock(&f->mu);
     if (completing)
         return;
-    if (mij_check_alive(f->j) < 0 || follow_size(f) < 0) {
+    if (mij_check_alive(f->j) < 0 || jsync_follow_size(f) < 0) {
         job_fail(job, -EIO, mi_lasterr());
         return;
     }
@@ -418,7 +233,7 @@ static void tick(struct job *job, void *arg)
         job_fail(job, -EIO, msg);
         return;
     }
-    uint64_t backlog = backlog_bytes(f);
+    uint64_t backlog = jsync_backlog(f);
     bool idle = backlog == 0 && job_idle(job);
     job->len = job->offset + backlog;
     if (idle) {
@@ -430,7 +245,7 @@ static void tick(struct job *job, void *arg)
                           f->o->journal, f->o->args[0]);
             mij_source_forget(f->j);
             mij_untrusted_clear(f->j, MIJ_U_BIT(MIJ_U_BYPASS));
-            mark_full_pass(f, true);
+            jsync_mark_full_pass(f, true);
             job_kick(job);
             idle = false;
         } else {
@@ -464,50 +279,6 @@ static void completed_members(struct json *j, void *ctx)
 }
 
 /* ---- set-up ---- */
-
-static int open_follow_target(struct mi_opts *o, struct follower *f, bool *full_pass, bool *everything)
-{
-    const char *dst = o->args[1];
-    struct mij_target rec;
-    mij_target_get(f->j, &rec);
-    if (ep_is_nbd_uri(dst)) {
-        f->dst = ep_open(dst, &(struct ep_open_opts){.format = "raw"}, true);
-        if (!f->dst)
-            return -EIO;
-        if (f->dst->size < f->src->size)
-            return mi_seterr(ENOSPC, "%s: the export is smaller than the source", dst);
-        bool same = rec.valid && !strcmp(rec.path, dst);
-        *full_pass = !same || o->existing || o->force;
-        *everything = true;
-        return 0;
-    }
-    struct stat st;
-    bool exists = stat(dst, &st) == 0;
-    if (exists && mi_same_file(dst, o->args[0]))
-        return mi_seterr(EINVAL, "%s: is the source; refusing to overwrite it", dst);
-    bool recorded = exists && rec.valid && rec.dev == (uint64_t)st.st_dev && rec.ino == (uint64_t)st.st_ino;
-    f->dst_is_file = true;
-    if (exists && !recorded && !o->existing && !o->force)
-        return mi_seterr(EEXIST, "%s: already exists and this journal does not record it as its "
-                         "target (use -n to write into it, or --force to replace it)", dst);
-    if (exists && !o->force) {
-        f->dst = ep_open(dst, &(struct ep_open_opts){.format = "raw"}, true);
-        if (!f->dst)
-            return -EIO;
-        *full_pass = !recorded || o->existing;
-        *everything = true;
-        if (f->dst->size != f->src->size && S_ISREG(st.st_mode) && truncate(dst, (off_t)f->src->size) == 0)
-            f->dst->size = f->src->size;
-        return 0;
-    }
-    struct ep_create_opts c = {.format = "raw", .size = f->src->size, .force = o->force};
-    f->dst = ep_create(dst, &c);
-    if (!f->dst)
-        return -EIO;
-    *full_pass = true;
-    *everything = false;
-    return 0;
-}
 
 static int check_follow_opts(struct mi_opts *o)
 {
@@ -549,48 +320,15 @@ static int run_follow(int argc, char **argv)
     struct control *sock = NULL;
     code = MI_EXIT_FAIL;
 
-    struct mij_create_opts jo = {.granularity = o.granularity, .granularity_set = o.granularity != 0};
-    if (mij_create(o.journal, o.args[0], &jo, &f.j, NULL) < 0)
-        goto out;
-    if (!(f.src = raw_open(o.args[0], false)) || (f.src_fd = open(o.args[0], O_RDONLY | O_CLOEXEC)) < 0) {
-        if (f.src_fd < 0 && f.src)
-            mi_seterr(errno, "%s: cannot open: %s", o.args[0], strerror(errno));
-        goto out;
-    }
-    if (mij_follow(f.j, o.lease_ms * 1000000ULL) < 0)
+    const char *full_reason = NULL;
+    if (jsync_begin(&f, true, &full_reason) < 0)
         goto out;
     following = true;
-    struct stat sst;
-    if (fstat(f.src_fd, &sst) < 0 || mij_check_source(f.j, &sst, o.args[0]) < 0)
-        goto out;
-    uint64_t u = mij_untrusted(f.j) & ~MIJ_U_BIT(MIJ_U_BYPASS);
-    if (u) {
-        char names[256];
-        mi_seterr(EIO, "%s: journal untrusted: %s (`mirror-img journal reset %s` after dealing with it)",
-                  o.journal, mij_reasons_str(u, names, sizeof names), o.journal);
-        goto out;
-    }
-    bool full_pass = false, everything = false;
-    if (open_follow_target(&o, &f, &full_pass, &everything) < 0)
-        goto out;
-    int sc = mij_source_check(f.j, f.src_fd);
-    if (sc != MIJ_SRC_OK) {
-        if (!full_pass && !o.quiet)
-            cli_error("%s: %s: %s; copying everything", o.journal, o.args[0],
-                      sc == MIJ_SRC_CHANGED ? "changed behind the shim" : "state not recorded");
-        full_pass = true;
-    }
-    if (full_pass) {
-        mij_source_forget(f.j);
-        mij_untrusted_clear(f.j, MIJ_U_BIT(MIJ_U_BYPASS));
-        if (mark_full_pass(&f, everything) < 0)
-            goto out;
-    }
-    struct stat dst_st;
-    if (f.dst_is_file && stat(o.args[1], &dst_st) == 0)
-        mij_target_set(f.j, o.args[1], &dst_st);
+    if (full_reason && strcmp(full_reason, "new target") && !o.quiet)
+        cli_error("%s: copying everything: %s", o.journal, full_reason);
 
-    struct job_supply supply = {&f, supply_take, supply_done, supply_idle};
+    struct job_supply supply = jsync_supply;
+    supply.ctx = &f;
     struct job_config jc = {
         .src = f.src, .dst = f.dst, .device = o.args[1], .type = "mirror",
         .granularity = mij_granularity(f.j), .buf_size = o.buf_size, .threads = o.threads,
@@ -658,14 +396,8 @@ out:
         cli_error_last();
         code = MI_EXIT_FAIL;
     }
-    ep_close(f.src);
-    if (f.src_fd >= 0)
-        close(f.src_fd);
-    if (f.j) {
-        if (following)
-            mij_unfollow(f.j);
-        mij_close(f.j);
-    }
+    jsync_end(&f);
+    (void)following;
     return code;
 }
 

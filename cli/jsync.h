@@ -1,0 +1,61 @@
+/* jsync.h: copying from the shim's journal, shared by `follow` and `copy --incremental`.
+ *
+ * The journal's dirty bitmap is the to-do list, always: a full pass marks the source's data
+ * in it, the shim marks what writers change, and the engine's workers take chunks from it
+ * (clear before read; a taken chunk sits in the copying bitmap until done).  So a process
+ * killed at any moment and started again copies exactly what is still to be copied.
+ */
+#ifndef MI_JSYNC_H
+#define MI_JSYNC_H
+
+#include "common.h"
+#include "journal.h"
+
+#include <pthread.h>
+
+struct follower {
+    bool following;         /* we hold the journal */
+    bool finish_when_clean; /* copy --incremental: the job ends when nothing is dirty */
+    struct mi_opts *o;
+    struct mij *j;
+    struct job *job;
+    struct ep *src, *dst;
+    int src_fd;
+    bool dst_is_file;
+    pthread_mutex_t mu;
+    bool completing, ready, in_sync;
+    bool lease_lapsed; /* the lease ran out since the quiesce began */
+    uint64_t downtime_ms;
+    bool pivoted;
+    /* rates, sampled each second by the main loop */
+    uint64_t last_sample_ns, last_bytes, last_backlog, write_rate, copy_rate, last_offset;
+    unsigned growing_secs;
+    uint32_t delay_us;
+};
+
+/* The engine's chunk supply backed by the journal (ctx: the follower). */
+extern const struct job_supply jsync_supply;
+
+/* Bytes still to copy (dirty and copying chunks). */
+uint64_t jsync_backlog(struct follower *f);
+/* Bring the job's and the target's size to the source file's (it grows and shrinks). */
+int jsync_follow_size(struct follower *f);
+/* Mark what a full pass must copy: the source's data, or everything (the target holds
+ * old bytes that must be overwritten or zeroed). */
+int jsync_mark_full_pass(struct follower *f, bool everything);
+/* Renew the lease; fails (with a message) when it lapsed during a quiesce. */
+int jsync_renew(struct follower *f);
+/* Quiesce the writers, drain, flush the target, optionally switch the writers to the
+ * target (pivot), record the source's state, release.  *downtime_ms: how long writers
+ * were held.  Returns 0 or -errno with a message. */
+int jsync_settle(struct follower *f, bool pivot, uint64_t *downtime_ms);
+
+/* Set up from f->o: the journal (created or reused), the source, becoming the follower, the
+ * target (the recorded one resumes; else -n, --force or new), and a full pass marked in
+ * the journal when needed.  *full_reason is NULL when resuming, else why everything is
+ * copied.  An untrusted journal fails when untrusted_fails, else forces a full pass. */
+int jsync_begin(struct follower *f, bool untrusted_fails, const char **full_reason);
+/* Close the source and the journal (stop following).  The target is the caller's. */
+void jsync_end(struct follower *f);
+
+#endif
