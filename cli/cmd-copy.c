@@ -4,6 +4,7 @@
 #include "control.h"
 #include "events.h"
 #include "jobctl.h"
+#include "jsync.h"
 #include "nbd-config.h"
 #include "util.h"
 
@@ -175,6 +176,180 @@ out:
     return r;
 }
 
+/* ---- copy --incremental: only what the journal saw change since the last run ---- */
+
+struct inc {
+    struct follower f;
+    bool settled;
+    const char *full_reason;
+    uint64_t downtime_ms;
+};
+
+static void inc_tick(struct job *job, void *arg)
+{
+    struct inc *in = arg;
+    struct follower *f = &in->f;
+    if (got_signal) {
+        job_cancel(job);
+        return;
+    }
+    if (in->settled)
+        return;
+    if (jsync_renew(f) < 0 || jsync_follow_size(f) < 0 || mij_check_alive(f->j) < 0) {
+        job_fail(job, -EIO, mi_lasterr());
+        return;
+    }
+    uint64_t backlog = jsync_backlog(f);
+    job->len = job->offset + backlog;
+    mi_progress_tick(job, f->o);
+    if (backlog || !job_idle(job))
+        return;
+    /* Caught up: hold the writers a moment so the target is the copy of one instant. */
+    if (jsync_settle(f, false, &in->downtime_ms) < 0) {
+        job_fail(job, -EIO, mi_lasterr());
+        return;
+    }
+    in->settled = true;
+    job_finish(job);
+}
+
+static void inc_members(struct json *j, void *arg)
+{
+    struct inc *in = arg;
+    json_u64_member(j, "bytes_copied", in->f.job->bytes_copied);
+    json_u64_member(j, "duration_ms", (in->f.job->end_ns - in->f.job->start_ns) / 1000000);
+    json_u64_member(j, "downtime_ms", in->downtime_ms);
+    json_bool_member(j, "incremental", in->full_reason == NULL);
+    if (in->full_reason)
+        json_str_member(j, "full_pass_reason", in->full_reason);
+}
+
+/* --verify after an incremental run: chunks the writers changed since are skipped (they
+ * are dirty again); any other difference is a failure. */
+static int verify_chunks(struct follower *f)
+{
+    uint64_t g = mij_granularity(f->j);
+    char *a = malloc(g), *b = malloc(g);
+    int r = 0;
+    if (!a || !b) {
+        free(a);
+        free(b);
+        return mi_seterr(ENOMEM, "out of memory");
+    }
+    for (uint64_t off = 0; off < f->src->size && r == 0; off += g) {
+        uint64_t n = mi_min(g, f->src->size - off), first;
+        for (int tries = 0; tries < 3; tries++) {
+            if ((r = f->src->ops->pread(f->src, a, n, off)) < 0 || (r = f->dst->ops->pread(f->dst, b, n, off)) < 0)
+                break;
+            if (!memcmp(a, b, n))
+                break;
+            bool dirty = mij_next_run(f->j, false, off / g, &first) && first == off / g;
+            if (dirty)
+                break;
+            if (tries == 2)
+                r = mi_seterr(EIO, "%s: verification failed: differs from the source in the "
+                              "chunk at offset %llu", f->dst->name, (unsigned long long)off);
+            struct timespec ts = {0, 20000000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    free(a);
+    free(b);
+    return r;
+}
+
+static int run_incremental(struct mi_opts *o)
+{
+    int code = jsync_check_opts(o);
+    if (code)
+        return code;
+    struct inc in = {.f = {.o = o, .src_fd = -1, .finish_when_clean = true}};
+    struct follower *f = &in.f;
+    pthread_mutex_init(&f->mu, NULL);
+    struct job job;
+    bool job_ok = false;
+    struct control *sock = NULL;
+    code = MI_EXIT_FAIL;
+    if (jsync_begin(f, false, &in.full_reason) < 0)
+        goto out;
+    if (in.full_reason && !o->quiet && !o->json && strcmp(in.full_reason, "new target"))
+        cli_error("%s: copying everything: %s", o->journal, in.full_reason);
+    struct job_supply supply = jsync_supply;
+    supply.ctx = f;
+    struct job_config jc = {
+        .src = f->src, .dst = f->dst, .device = o->args[1], .type = "copy",
+        .granularity = mij_granularity(f->j), .buf_size = o->buf_size, .threads = o->threads,
+        .speed = o->speed, .on_source_error = o->on_source_error,
+        .on_target_error = o->on_target_error, .no_seed = true, .supply = &supply,
+    };
+    f->dst->caps &= ~EP_CAP_IS_ZERO; /* holes punched since the last run must be zeroed */
+    if (job_init(&job, &jc) < 0)
+        goto out;
+    job_ok = true;
+    f->job = &job;
+    if (job.chunk != mij_granularity(f->j)) {
+        mi_seterr(EINVAL, "%s: the target needs %llu-byte alignment, more than the journal's "
+                  "granularity", o->args[1], (unsigned long long)job.chunk);
+        goto out;
+    }
+    struct jobctl ctl = {.job = &job};
+    if (o->socket && !(sock = control_start(o->socket, jobctl_handle, &ctl)))
+        goto out;
+    if (o->json)
+        events_enable(stdout);
+    if (o->verbose)
+        mi_opts_print(o, &job);
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+    int r = job_start(&job);
+    int w = job_wait(&job, inc_tick, &in);
+    if (r == 0)
+        r = w;
+    control_stop(sock);
+    sock = NULL;
+    if (r == 0 && o->verify)
+        r = verify_chunks(f);
+    if (r == -ECANCELED) {
+        job_event(&job, "BLOCK_JOB_CANCELLED", NULL, NULL);
+        if (!o->quiet)
+            cli_error("%s: cancelled (the next run goes on from here)", o->args[1]);
+        code = MI_EXIT_CANCELLED;
+        goto out;
+    }
+    if (r < 0)
+        goto out;
+    struct stat st = {0};
+    if (!f->dst_is_file || stat(o->args[1], &st) == 0) {
+        if (!f->dst_is_file)
+            st.st_size = (off_t)f->dst->size;
+        mij_target_set(f->j, o->args[1], &st);
+    }
+    job.offset = job.len;
+    job_set_status(&job, JOB_PENDING);
+    job_event(&job, "BLOCK_JOB_COMPLETED", inc_members, &in);
+    if (o->verbose && !o->quiet) {
+        char b1[32];
+        fprintf(stderr, "mirror-img: copy: %s: %s copied (%s)\n", o->args[1],
+                mi_fmt_bytes(job.bytes_copied, b1, sizeof b1),
+                in.full_reason ? in.full_reason : "incremental");
+    }
+    code = MI_EXIT_OK;
+out:
+    if (code == MI_EXIT_FAIL)
+        cli_error_last();
+    control_stop(sock);
+    if (job_ok) {
+        job_set_status(&job, JOB_CONCLUDED);
+        job_destroy(&job);
+    }
+    if (f->dst && ep_close(f->dst) < 0 && code == MI_EXIT_OK) {
+        cli_error_last();
+        code = MI_EXIT_FAIL;
+    }
+    jsync_end(f);
+    return code;
+}
+
 static int run_copy(int argc, char **argv)
 {
     struct mi_opts o;
@@ -187,6 +362,8 @@ static int run_copy(int argc, char **argv)
     if (o.sync_top && o.dst_fmt && !strcmp(o.dst_fmt, "raw"))
         return cli_usage("copy", "--sync=top needs a qcow2 target (-O qcow2)");
     nbd_configure(&(struct nbd_config){o.tls_psk_file, o.tls_certificates, o.connections});
+    if (o.incremental)
+        return run_incremental(&o);
 
     struct ep *src = ep_open(o.args[0], &(struct ep_open_opts){.format = o.src_fmt,
                              .password_file = o.password_file, .no_backing = o.no_backing}, false);

@@ -31,11 +31,10 @@
 #include <time.h>
 #include <unistd.h>
 
-enum { OPT_JOURNAL = 2000, OPT_LEASE, OPT_AUTO_CONVERGE };
+enum { OPT_LEASE = 2000, OPT_AUTO_CONVERGE };
 
 static const struct argp_option follow_options[] = {
     {0, 0, 0, 0, "Following:", 6},
-    {"journal", OPT_JOURNAL, "J", 0, "The shim's journal for SRC (created if absent)", 6},
     {"lease", OPT_LEASE, "DURATION", 0, "How long writers wait for a follower that stopped "
                                         "answering (e.g. 2s, 500ms; default 2s)", 6},
     {"auto-converge", OPT_AUTO_CONVERGE, 0, 0, "Slow the writers down, step by step, while "
@@ -66,7 +65,6 @@ static error_t follow_parse(int key, char *arg, struct argp_state *st)
     case ARGP_KEY_INIT:
         st->child_inputs[0] = o;
         break;
-    case OPT_JOURNAL: o->journal = arg; break;
     case OPT_LEASE:
         if (parse_duration_ms(arg, &o->lease_ms) < 0)
             argp_error(st, "--lease: '%s' is not a duration from 10ms to 1h (e.g. 2s, 500ms)", arg);
@@ -280,35 +278,14 @@ static void completed_members(struct json *j, void *ctx)
 
 /* ---- set-up ---- */
 
-static int check_follow_opts(struct mi_opts *o)
-{
-    if (o->nargs != 2)
-        return cli_usage("follow", "expected SRC and DST");
-    if (!o->journal)
-        return cli_usage("follow", "--journal J is required");
-    if (o->sync_top || o->compress || o->create.cluster_size || o->create.preallocation ||
-        o->create.compression_type)
-        return cli_usage("follow", "follow mirrors the file as it is: -c, -o and --sync=top do not apply");
-    if (o->src_fmt || o->dst_fmt) {
-        const char *probed = ep_is_nbd_uri(o->args[0]) ? "raw" : ep_probe(o->args[0]);
-        const char *want = o->dst_fmt ? o->dst_fmt : o->src_fmt;
-        if (probed && strcmp(probed, want))
-            return cli_usage("follow", "follow mirrors file to file: the target has the source's "
-                             "format (%s); converting to %s while following is not possible "
-                             "(copy it afterwards)", probed, want);
-    }
-    if (ep_is_nbd_uri(o->args[0]))
-        return cli_usage("follow", "the source must be a local file (the shim journals it)");
-    return mi_opts_check(o);
-}
-
 static int run_follow(int argc, char **argv)
 {
     struct mi_opts o;
     mi_opts_defaults(&o, "follow");
-    o.granularity = 0;
     cli_parse(&follow_argp, argc, argv, NULL, &o);
-    int code = check_follow_opts(&o);
+    if (o.incremental)
+        return cli_usage("follow", "--incremental is for copy");
+    int code = jsync_check_opts(&o);
     if (code)
         return code;
     nbd_configure(&(struct nbd_config){o.tls_psk_file, o.tls_certificates, o.connections});

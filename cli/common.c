@@ -36,7 +36,10 @@ static const struct argp_option options[] = {
     {"speed", 's', "RATE", 0, "Limit to RATE bytes per second (K/M/G suffixes; 0 = unlimited)", 3},
     {"on-source-error", OPT_ON_SRC, "POLICY", 0, "report, ignore, enospc or stop (default report)", 3},
     {"on-target-error", OPT_ON_TGT, "POLICY", 0, "report, ignore, enospc or stop (default report)", 3},
-    {0, 0, 0, 0, "Verification and NBD:", 4},
+    {0, 0, 0, 0, "Journal, verification and NBD:", 4},
+    {"journal", OPT_JOURNAL, "J", 0, "The shim's journal for SRC (follow; copy --incremental)", 4},
+    {"incremental", OPT_INCREMENTAL, 0, 0, "Copy only what the journal saw change since the last "
+     "run to this target (the first run copies everything)", 4},
     {"verify", OPT_VERIFY, 0, 0, "Read the target back and compare at the end", 4},
     {"tls-psk-file", OPT_TLS_PSK, "FILE", 0, "TLS pre-shared keys for nbds:// URIs", 4},
     {"tls-certificates", OPT_TLS_CERTS, "DIR", 0, "TLS certificates directory for nbds:// URIs", 4},
@@ -171,6 +174,8 @@ static error_t parse_opt(int key, char *arg, struct argp_state *st)
     case OPT_ON_SRC: o->on_source_error = parse_policy(arg, st, "--on-source-error"); break;
     case OPT_ON_TGT: o->on_target_error = parse_policy(arg, st, "--on-target-error"); break;
     case OPT_VERIFY: o->verify = true; break;
+    case OPT_JOURNAL: o->journal = arg; break;
+    case OPT_INCREMENTAL: o->incremental = true; break;
     case OPT_PASSWORD_FILE: o->password_file = arg; break;
     case OPT_NO_BACKING: o->no_backing = true; break;
     case OPT_TLS_PSK: o->tls_psk_file = arg; break;
@@ -202,7 +207,6 @@ void mi_opts_defaults(struct mi_opts *o, const char *sub)
     memset(o, 0, sizeof *o);
     o->sub = sub;
     o->on_source_error = o->on_target_error = POLICY_REPORT;
-    o->granularity = 64 * MI_KiB;
     o->buf_size = 16 * MI_MiB;
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     o->threads = n > 0 ? (unsigned)(n > 16 ? 16 : n) : 2;
@@ -219,6 +223,8 @@ int mi_opts_check(struct mi_opts *o)
         o->progress = false;
     if (o->incremental && !o->journal)
         return cli_usage(o->sub, "--incremental needs --journal");
+    if (o->journal && !o->incremental && !strcmp(o->sub, "copy"))
+        return cli_usage(o->sub, "--journal goes with --incremental (or with follow)");
     o->create.compress = o->compress;
     return 0;
 }

@@ -308,3 +308,26 @@ void jsync_end(struct follower *f)
         f->j = NULL;
     }
 }
+
+int jsync_check_opts(struct mi_opts *o)
+{
+    const char *sub = o->sub;
+    if (o->nargs != 2)
+        return cli_usage(sub, "expected SRC and DST");
+    if (!o->journal)
+        return cli_usage(sub, "--journal J is required");
+    if (o->sync_top || o->compress || o->create.cluster_size || o->create.preallocation ||
+        o->create.compression_type)
+        return cli_usage(sub, "the journal mirrors the file as it is: -c, -o and --sync=top do not apply");
+    if (ep_is_nbd_uri(o->args[0]))
+        return cli_usage(sub, "the source must be a local file (the shim journals it)");
+    if (o->src_fmt || o->dst_fmt) {
+        const char *probed = ep_probe(o->args[0]);
+        const char *want = o->dst_fmt ? o->dst_fmt : o->src_fmt;
+        if (probed && strcmp(probed, want))
+            return cli_usage(sub, "the journal mirrors file to file: the target has the source's "
+                             "format (%s); converting to %s this way is not possible (use a "
+                             "plain copy)", probed, want);
+    }
+    return mi_opts_check(o);
+}

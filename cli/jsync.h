@@ -55,6 +55,8 @@ int jsync_settle(struct follower *f, bool pivot, uint64_t *downtime_ms);
  * the journal when needed.  *full_reason is NULL when resuming, else why everything is
  * copied.  An untrusted journal fails when untrusted_fails, else forces a full pass. */
 int jsync_begin(struct follower *f, bool untrusted_fails, const char **full_reason);
+/* Usage checks shared by follow and copy --incremental (returns 0 or MI_EXIT_USAGE). */
+int jsync_check_opts(struct mi_opts *o);
 /* Close the source and the journal (stop following).  The target is the caller's. */
 void jsync_end(struct follower *f);
 

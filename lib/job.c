@@ -451,6 +451,7 @@ static void *worker(void *arg)
 
         pthread_mutex_lock(&job->lock);
         job->active--;
+        job->requests_done++;
         if (r < 0) {
             on_error(job, first, n, &e);
         } else {
@@ -487,16 +488,20 @@ int job_start(struct job *job)
 int job_wait(struct job *job, void (*tick)(struct job *job, void *arg), void *arg)
 {
     pthread_mutex_lock(&job->lock);
-    uint64_t last_event = mi_now_ns();
+    uint64_t last_event = mi_now_ns(), seen = job->requests_done;
     while (!job->finished && !job->cancel_req && !job->error) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 100000000;
-        if (ts.tv_nsec >= 1000000000) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000;
+        /* Sleep unless a request finished since the last tick (no lost wake-up). */
+        if (job->requests_done == seen) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += 100000000;
+            if (ts.tv_nsec >= 1000000000) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000;
+            }
+            pthread_cond_timedwait(&job->cond, &job->lock, &ts);
         }
-        pthread_cond_timedwait(&job->cond, &job->lock, &ts);
+        seen = job->requests_done;
         pthread_mutex_unlock(&job->lock);
         if (tick)
             tick(job, arg);

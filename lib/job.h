@@ -98,6 +98,7 @@ struct job {
     int error;              /* first fatal error (-errno) */
     char error_msg[1024];
     unsigned active;        /* workers inside a request */
+    uint64_t requests_done; /* wakes job_wait's ticks */
     unsigned pass;
 
     struct bucket bucket;

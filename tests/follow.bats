@@ -170,7 +170,7 @@ PY
 @test "follow refuses to convert formats, and a journal that names another file" {
     run "$MI" follow --journal "$J" -O qcow2 "$T/src.raw" "$T/dst.raw"
     assert_failure 2
-    assert_output --partial "converting to qcow2 while following is not possible"
+    assert_output --partial "converting to qcow2 this way is not possible"
     [ ! -e "$T/dst.raw" ]
     truncate -s 1M "$T/other.raw"
     "$MI" run --journal "$J" "$T/other.raw" -- true
