@@ -28,7 +28,7 @@ static error_t parse_opt(int key, char *arg, struct argp_state *st)
     switch (key) {
     case 'f': case 'F':
         if (strcmp(arg, "raw") && strcmp(arg, "qcow2") && strcmp(arg, "qcow"))
-            argp_error(st, "unknown format '%s' (raw, qcow2 or qcow)", arg);
+            argp_error(st, "-%c: unknown format '%s' (raw, qcow2 or qcow)", key, arg);
         *(key == 'f' ? &o->fa : &o->fb) = arg;
         break;
     case 's': o->strict = true; break;

@@ -28,7 +28,6 @@ static const struct argp_option status_options[] = {
     {"json", OPT_JSON, 0, 0, "Print the job's state as JSON", 0},
     {0},
 };
-static const struct argp_option no_options[] = {{0}};
 
 static error_t parse_opt(int key, char *arg, struct argp_state *st)
 {
@@ -65,10 +64,10 @@ static const struct argp complete_argp = {complete_options, parse_opt, "SOCKET",
     "copy of that instant (QEMU's cancel-in-ready); with --pivot the writers move onto the "
     "target first (QEMU's block-job-complete).", NULL, NULL, NULL};
 static const struct argp status_argp = {status_options, parse_opt, "SOCKET", "Show a running job's state.", NULL, NULL, NULL};
-static const struct argp cancel_argp = {no_options, parse_opt, "SOCKET", "Stop a job now (exit 3; the target is not consistent).", NULL, NULL, NULL};
-static const struct argp pause_argp = {no_options, parse_opt, "SOCKET", "Pause a job.", NULL, NULL, NULL};
-static const struct argp resume_argp = {no_options, parse_opt, "SOCKET", "Resume a paused job (also after an error under the stop and enospc policies).", NULL, NULL, NULL};
-static const struct argp speed_argp = {no_options, parse_opt, "SOCKET RATE", "Change a job's speed limit (0 = unlimited).", NULL, NULL, NULL};
+static const struct argp cancel_argp = {NULL, parse_opt, "SOCKET", "Stop a job now (exit 3; the target is not consistent).", NULL, NULL, NULL};
+static const struct argp pause_argp = {NULL, parse_opt, "SOCKET", "Pause a job.", NULL, NULL, NULL};
+static const struct argp resume_argp = {NULL, parse_opt, "SOCKET", "Resume a paused job (also after an error under the stop and enospc policies).", NULL, NULL, NULL};
+static const struct argp speed_argp = {NULL, parse_opt, "SOCKET RATE", "Change a job's speed limit (0 = unlimited).", NULL, NULL, NULL};
 
 /* Print an answer: {"return": {...}} → 0 (status prints it), {"error": ...} → 1. */
 static int answer(const struct ctl_opts *o, const char *reply)

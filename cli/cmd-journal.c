@@ -91,16 +91,80 @@ static void json_runs(struct json *js, const char *key, struct mij *j, bool copy
     json_arr_end(js);
 }
 
+static void json_untrusted(struct json *js, struct mij *j)
+{
+    uint64_t untrusted = mij_untrusted(j);
+    json_bool_member(js, "trusted", !untrusted);
+    json_arr_begin(js, "untrusted");
+    for (unsigned r = 0; r < MIJ_U_NREASONS; r++)
+        if (untrusted & MIJ_U_BIT(r)) {
+            json_obj_begin(js, NULL);
+            json_str_member(js, "reason", mij_reason_name(r));
+            json_str_member(js, "text", mij_reason_text(r));
+            json_i64_member(js, "pid", MIJ_LOAD(&j->h->why[r].pid));
+            json_u64_member(js, "time-ns", MIJ_LOAD(&j->h->why[r].ns));
+            json_obj_end(js);
+        }
+    json_arr_end(js);
+}
+
+static void json_writers(struct json *js, struct mij *j)
+{
+    struct mij_writer w[MIJ_NSLOTS];
+    int nw = mij_writers(j, w, MIJ_NSLOTS), alive = 0;
+    json_arr_begin(js, "writers");
+    for (int i = 0; i < nw; i++) {
+        alive += w[i].alive && w[i].pid > 0;
+        json_obj_begin(js, NULL);
+        json_i64_member(js, "pid", w[i].pid);
+        json_bool_member(js, "alive", w[i].alive);
+        json_u64_member(js, "in-flight", w[i].inflight);
+        json_u64_member(js, "held", w[i].waiting);
+        json_u64_member(js, "descriptors", w[i].tracked);
+        json_u64_member(js, "shared-mappings", w[i].nmaps);
+        json_u64_member(js, "writes", w[i].writes);
+        json_u64_member(js, "bytes", w[i].bytes);
+        json_u64_member(js, "pivot-generation", w[i].pivot_ack);
+        json_i64_member(js, "pivot-error", w[i].pivot_err);
+        json_obj_end(js);
+    }
+    json_arr_end(js);
+    json_u64_member(js, "writers-alive", (uint64_t)alive);
+}
+
+static void json_control(struct json *js, struct mij *j)
+{
+    struct mij_header *h = j->h;
+    uint64_t left, bytes, writes;
+    int fpid = mij_follower(j, &left);
+    mij_counters(j, &bytes, &writes);
+    json_obj_begin(js, "follower");
+    json_bool_member(js, "active", fpid != 0);
+    json_i64_member(js, "pid", fpid);
+    json_u64_member(js, "lease-left-ms", left / 1000000);
+    json_obj_end(js);
+    json_u64_member(js, "bytes-written", bytes);
+    json_u64_member(js, "writes", writes);
+    json_bool_member(js, "quiesce", MIJ_LOAD(&h->quiesce) != 0);
+    json_u64_member(js, "pivot-generation", MIJ_LOAD(&h->pivot_gen));
+    json_u64_member(js, "delay-us", MIJ_LOAD(&h->delay_us));
+    json_bool_member(js, "source-recorded", MIJ_LOAD(&h->seen_valid) != 0);
+    struct mij_target t;
+    mij_target_get(j, &t);
+    json_obj_begin(js, "target");
+    json_bool_member(js, "recorded", t.valid);
+    if (t.valid) {
+        json_str_member(js, "path", t.path);
+        json_u64_member(js, "sync-generation", t.sync_gen);
+    }
+    json_obj_end(js);
+}
+
 static void status_json(struct mij *j, const char *path)
 {
     struct mij_header *h = j->h;
     struct json js;
-    uint64_t copying, dirty = mij_backlog(j, &copying), g = mij_granularity(j), left;
-    uint64_t bytes, writes, untrusted = mij_untrusted(j);
-    int fpid = mij_follower(j, &left);
-    struct mij_writer w[MIJ_NSLOTS];
-    int nw = mij_writers(j, w, MIJ_NSLOTS), alive = 0;
-    mij_counters(j, &bytes, &writes);
+    uint64_t copying, dirty = mij_backlog(j, &copying), g = mij_granularity(j);
     json_init(&js);
     json_obj_begin(&js, NULL);
     json_str_member(&js, "journal", path);
@@ -119,56 +183,9 @@ static void status_json(struct mij *j, const char *path)
     json_u64_member(&js, "copying-chunks", copying);
     json_runs(&js, "dirty", j, false);
     json_runs(&js, "copying", j, true);
-    json_bool_member(&js, "trusted", !untrusted);
-    json_arr_begin(&js, "untrusted");
-    for (unsigned r = 0; r < MIJ_U_NREASONS; r++)
-        if (untrusted & MIJ_U_BIT(r)) {
-            json_obj_begin(&js, NULL);
-            json_str_member(&js, "reason", mij_reason_name(r));
-            json_str_member(&js, "text", mij_reason_text(r));
-            json_i64_member(&js, "pid", MIJ_LOAD(&h->why[r].pid));
-            json_u64_member(&js, "time-ns", MIJ_LOAD(&h->why[r].ns));
-            json_obj_end(&js);
-        }
-    json_arr_end(&js);
-    json_obj_begin(&js, "follower");
-    json_bool_member(&js, "active", fpid != 0);
-    json_i64_member(&js, "pid", fpid);
-    json_u64_member(&js, "lease-left-ms", left / 1000000);
-    json_obj_end(&js);
-    json_arr_begin(&js, "writers");
-    for (int i = 0; i < nw; i++) {
-        alive += w[i].alive && w[i].pid > 0;
-        json_obj_begin(&js, NULL);
-        json_i64_member(&js, "pid", w[i].pid);
-        json_bool_member(&js, "alive", w[i].alive);
-        json_u64_member(&js, "in-flight", w[i].inflight);
-        json_u64_member(&js, "held", w[i].waiting);
-        json_u64_member(&js, "descriptors", w[i].tracked);
-        json_u64_member(&js, "shared-mappings", w[i].nmaps);
-        json_u64_member(&js, "writes", w[i].writes);
-        json_u64_member(&js, "bytes", w[i].bytes);
-        json_u64_member(&js, "pivot-generation", w[i].pivot_ack);
-        json_i64_member(&js, "pivot-error", w[i].pivot_err);
-        json_obj_end(&js);
-    }
-    json_arr_end(&js);
-    json_u64_member(&js, "writers-alive", (uint64_t)alive);
-    json_u64_member(&js, "bytes-written", bytes);
-    json_u64_member(&js, "writes", writes);
-    json_bool_member(&js, "quiesce", MIJ_LOAD(&h->quiesce) != 0);
-    json_u64_member(&js, "pivot-generation", MIJ_LOAD(&h->pivot_gen));
-    json_u64_member(&js, "delay-us", MIJ_LOAD(&h->delay_us));
-    json_bool_member(&js, "source-recorded", MIJ_LOAD(&h->seen_valid) != 0);
-    struct mij_target t;
-    mij_target_get(j, &t);
-    json_obj_begin(&js, "target");
-    json_bool_member(&js, "recorded", t.valid);
-    if (t.valid) {
-        json_str_member(&js, "path", t.path);
-        json_u64_member(&js, "sync-generation", t.sync_gen);
-    }
-    json_obj_end(&js);
+    json_untrusted(&js, j);
+    json_writers(&js, j);
+    json_control(&js, j);
     json_obj_end(&js);
     printf("%s\n", json_str(&js));
     json_free(&js);

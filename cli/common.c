@@ -225,6 +225,8 @@ int mi_opts_check(struct mi_opts *o)
         return cli_usage(o->sub, "--incremental needs --journal");
     if (o->journal && !o->incremental && !strcmp(o->sub, "copy"))
         return cli_usage(o->sub, "--journal goes with --incremental (or with follow)");
+    if (o->compress && o->dst_fmt && strcmp(o->dst_fmt, "qcow2"))
+        return cli_usage(o->sub, "-c needs a qcow2 target (-O qcow2)");
     o->create.compress = o->compress;
     return 0;
 }
@@ -234,11 +236,11 @@ void mi_opts_print(const struct mi_opts *o, const struct job *job)
     char b1[32], b2[32], b3[32];
     fprintf(stderr,
             "mirror-img: %s: source %s (%s), target %s (%s), sync %s, granularity %s, "
-            "%u threads, %s per request, speed %s/s, on-source-error %s, on-target-error %s\n",
+            "%u threads, %s per request, speed %s, on-source-error %s, on-target-error %s\n",
             o->sub, o->args[0], job->c.src->ops->name, o->args[1], job->c.dst->ops->name,
             o->sync_top ? "top" : "full", mi_fmt_bytes(job->chunk, b1, sizeof b1),
             job->nworkers, mi_fmt_bytes(job->req_max, b2, sizeof b2),
-            o->speed ? mi_fmt_bytes(o->speed, b3, sizeof b3) : "unlimited",
+            o->speed ? (mi_fmt_bytes(o->speed, b3, sizeof b3), strcat(b3, "/s")) : "unlimited",
             job_policy_name(o->on_source_error), job_policy_name(o->on_target_error));
 }
 

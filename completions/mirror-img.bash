@@ -3,20 +3,21 @@
 # option `mirror-img SUB --help` prints appears here.  Options that take a value end in
 # '=' below.
 
-_mirror_img_cmds="cancel compare complete copy info journal pause resume run set-speed status"
+_mirror_img_cmds="cancel compare complete copy follow info journal pause resume run set-speed status"
 
 _mirror_img_std="--help --usage --version"
 # cli/common.c: the options copy shares with follow.
 _mirror_img_common="--format= --target-format= --options= --compress --password-file= --no-backing
  --existing --force --target-is-zero --sync= --granularity= --buf-size= --threads= --speed=
  --on-source-error= --on-target-error= --verify --tls-psk-file= --tls-certificates=
- --connections= --progress --json --socket= --verbose --quiet"
+ --connections= --incremental --journal= --progress --json --socket= --verbose --quiet"
 _mirror_img_common_short="-f -O -o -c -n -g -j -s -p -v -q"
 
 # _mirror_img_opts SUB: the long and short options of SUB.
 _mirror_img_opts() {
     case $1 in
     copy) echo "$_mirror_img_common $_mirror_img_common_short" ;;
+    follow) echo "$_mirror_img_common $_mirror_img_common_short --lease= --auto-converge" ;;
     info) echo "--format= --json --password-file= -f" ;;
     compare) echo "--format-a= --format-b= --quiet --strict -f -F -q -s" ;;
     complete) echo "--pivot" ;;
@@ -31,15 +32,15 @@ _mirror_img_opts() {
 _mirror_img_value() {
     local sub=$1 opt=$2 cur=$3
     case $sub:$opt in
-    *:--format | *:--format-a | *:--format-b | copy:-f | info:-f | compare:-f | compare:-F)
+    *:--format | *:--format-a | *:--format-b | copy:-f | follow:-f | info:-f | compare:-f | compare:-F)
         COMPREPLY=($(compgen -W "raw qcow2 qcow" -- "$cur")) ;;
-    *:--target-format | copy:-O)
+    *:--target-format | copy:-O | follow:-O)
         COMPREPLY=($(compgen -W "raw qcow2" -- "$cur")) ;;
     *:--sync)
         COMPREPLY=($(compgen -W "full top" -- "$cur")) ;;
     *:--on-source-error | *:--on-target-error)
         COMPREPLY=($(compgen -W "report ignore enospc stop" -- "$cur")) ;;
-    *:--options | copy:-o)
+    *:--options | copy:-o | follow:-o)
         _mirror_img_create_opts "$cur" ;;
     *:--password-file | *:--tls-psk-file | *:--socket | *:--journal)
         compopt -o filenames 2>/dev/null
@@ -47,9 +48,9 @@ _mirror_img_value() {
     *:--tls-certificates)
         compopt -o filenames 2>/dev/null
         COMPREPLY=($(compgen -d -- "$cur")) ;;
-    *:--granularity | *:--buf-size | *:--speed | *:--max-size | copy:-g | copy:-s | run:-g)
+    *:--granularity | *:--buf-size | *:--speed | *:--max-size | copy:-g | copy:-s | follow:-g | follow:-s | run:-g)
         COMPREPLY=($(compgen -W "512 4K 64K 1M 16M 64M" -- "$cur")) ;;
-    *:--threads | *:--connections | *:--last | copy:-j | journal:-n)
+    *:--threads | *:--connections | *:--last | *:--lease | copy:-j | follow:-j | journal:-n)
         COMPREPLY=() ;;
     *) return 1 ;;
     esac
@@ -81,15 +82,28 @@ _mirror_img_create_opts() {
 _mirror_img() {
     local cword=$COMP_CWORD cur=${COMP_WORDS[COMP_CWORD]} prev= sub= i
     COMPREPLY=()
-    # Words split at '=' by COMP_WORDBREAKS: "--sync" "=" "fu".
-    if [[ $cur == = ]]; then
-        prev=${COMP_WORDS[cword - 1]} cur=
-    elif ((cword > 1)) && [[ ${COMP_WORDS[cword - 1]} == = ]]; then
-        prev=${COMP_WORDS[cword - 2]}
-    elif ((cword > 0)); then
-        prev=${COMP_WORDS[cword - 1]}
+    # COMP_WORDBREAKS splits "--sync=to" into "--sync" "=" "to": glue the pieces of the
+    # current argument back together, complete the whole argument, and hand back only the
+    # part after the last break, which is what readline replaces.
+    local typed=$cur
+    [[ $cur == = ]] && typed=
+    local j=$cword
+    while ((j > 2)) && [[ ${COMP_WORDS[j]} == = || ${COMP_WORDS[j - 1]} == = ]]; do
+        cur=${COMP_WORDS[j - 1]}$cur
+        ((j--))
+    done
+    ((j > 0)) && prev=${COMP_WORDS[j - 1]}
+    local glued=${cur%"$typed"}
+    _mirror_img_complete "$j" "$cur" "$prev"
+    if [[ -n $glued ]]; then
+        COMPREPLY=("${COMPREPLY[@]#"$glued"}")
     fi
+    return 0
+}
 
+# _mirror_img_complete CWORD CUR PREV: fill COMPREPLY for the whole argument CUR.
+_mirror_img_complete() {
+    local cword=$1 cur=$2 prev=$3 sub i
     if ((cword == 1)); then
         if [[ $cur == -* ]]; then
             COMPREPLY=($(compgen -W "--help --version" -- "$cur"))
@@ -113,7 +127,7 @@ _mirror_img() {
             if [[ ${COMP_WORDS[i]} == -- ]]; then
                 compopt -o filenames 2>/dev/null
                 if ((i == cword - 1)); then
-                    COMPREPLY=($(compgen -c -- "$cur"))
+                    COMPREPLY=($(compgen -c -- "$cur" | sort -u))
                 else
                     COMPREPLY=($(compgen -f -- "$cur"))
                 fi
@@ -125,10 +139,10 @@ _mirror_img() {
     # --opt=value written as one word (when '=' is not a word break).
     if [[ $cur == --*=* ]]; then
         local o=${cur%%=*} v=${cur#*=}
-        _mirror_img_value "$sub" "$o" "$v" && {
+        if _mirror_img_value "$sub" "$o" "$v"; then
             COMPREPLY=("${COMPREPLY[@]/#/$o=}")
             return 0
-        }
+        fi
     fi
     # The value of the previous option.
     if [[ -n $prev ]] && _mirror_img_value "$sub" "$prev" "$cur"; then

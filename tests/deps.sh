@@ -1,11 +1,14 @@
 #!/bin/sh
 # Install the Debian packages mirror-img needs to build and test, when any is missing.
 # Build: gcc make pkg-config libqcow-dev zlib1g-dev libzstd-dev libnbd-dev.
-# Tests: bats bats-support bats-assert qemu-utils nbdkit libnbd-bin fio python3 groff.
+# Tests: bats bats-support bats-assert qemu-utils nbdkit libnbd-bin fio python3 groff,
+# zsh and fish (completions), clang and its runtime (fuzzing), valgrind, gnuplot and
+# hyperfine (make bench).
 set -e
 pkgs="gcc make pkg-config libqcow-dev zlib1g-dev libzstd-dev libnbd-dev
       bats bats-support bats-assert qemu-utils nbdkit libnbd-bin fio python3 groff-base
-      procps util-linux time"
+      procps util-linux time zsh fish man-db clang-14 libclang-rt-14-dev valgrind
+      gnuplot-nox hyperfine"
 missing=
 for p in $pkgs; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"
