@@ -13,7 +13,7 @@ FISH_COMP=$TOP/completions/mirror-img.fish
 
 # Subcommands whose section of the man page their authors have not written yet (the live
 # mirroring commands, to go under LIVE MIRRORING).  Remove a name once its section exists.
-MAN_PENDING=" follow run journal "
+MAN_PENDING=" "
 
 # subcommands: the names `mirror-img --help` lists under "Commands:".
 subcommands() {
