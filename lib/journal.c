@@ -262,7 +262,7 @@ struct mij_slot *mij_register(struct mij *j, int pid)
 int mij_w_hold(struct mij *j, struct mij_slot *s, void (*on_wake)(void))
 {
     struct mij_header *h = j->h;
-    int expired = 0;
+    int expired = 0, e = errno; /* the shim's callers count on it */
     __atomic_fetch_add(&s->waiting, 1, __ATOMIC_SEQ_CST);
     for (;;) {
         if (on_wake)
@@ -282,6 +282,7 @@ int mij_w_hold(struct mij *j, struct mij_slot *s, void (*on_wake)(void))
         syscall(SYS_futex, &h->quiesce, FUTEX_WAIT, 1, &ts, NULL, 0);
     }
     __atomic_fetch_sub(&s->waiting, 1, __ATOMIC_SEQ_CST);
+    errno = e;
     return expired;
 }
 

@@ -108,6 +108,11 @@ enum mij_reason {
     MIJ_U_NREASONS
 };
 #define MIJ_U_BIT(r) (1ull << (r))
+/* Reasons a full pass cures: a follower may clear them (mij_untrusted_clear) just before it
+ * starts one.  The others describe how a writer keeps working (io_uring, AIO, stdio...):
+ * they stay until `journal reset`, and every pass must be a full one meanwhile. */
+#define MIJ_U_TRANSIENT \
+    (MIJ_U_BIT(MIJ_U_WRITER_DIED) | MIJ_U_BIT(MIJ_U_BYPASS) | MIJ_U_BIT(MIJ_U_RAW_SYSCALL))
 
 /* Operations in write records. */
 enum mij_op {
@@ -249,6 +254,7 @@ struct mij {
 #define MIJ_LOAD(p) __atomic_load_n((p), __ATOMIC_SEQ_CST)
 #define MIJ_LOADR(p) __atomic_load_n((p), __ATOMIC_RELAXED)
 #define MIJ_STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_SEQ_CST)
+#define LIKELY_ONE_CHUNK(x) __builtin_expect(!!(x), 1)
 
 static inline uint64_t mij_clock(clockid_t c)
 {
@@ -273,6 +279,12 @@ static inline void mij_mark(struct mij *j, uint64_t off, uint64_t len, int pid)
         end = j->covered;
     }
     uint64_t c = off >> j->shift, last = (end - 1) >> j->shift;
+    if (LIKELY_ONE_CHUNK(c == last)) { /* the common case: a write inside one chunk */
+        uint64_t bit = 1ull << (c & 63);
+        if (!(MIJ_LOAD(&j->dirty[c >> 6]) & bit))
+            __atomic_fetch_or(&j->dirty[c >> 6], bit, __ATOMIC_SEQ_CST);
+        return;
+    }
     while (c <= last) {
         uint64_t w = c >> 6;
         unsigned b = c & 63;
@@ -371,6 +383,34 @@ extern char mij_errbuf[512];
 /* ------------------------------------------------------------------------------------
  * Follower side (mirror-img only).  Every function that can fail returns 0 (or a count)
  * or -errno with a message "J: ..." left by mi_seterr().
+ *
+ * How `follow` is meant to use it:
+ *
+ *   mij_create(J, SRC, &opts, &j, NULL)        create, or reuse one naming SRC
+ *   mij_follow(j, lease_ns)                    exclusive; copying chunks become dirty again
+ *   mij_untrusted(j) & ~MIJ_U_TRANSIENT        a writer uses io_uring/AIO/stdio...: say so
+ *                                              (by name, mij_reasons_str) and do not claim
+ *                                              to be in sync
+ *   mij_source_check(j, srcfd) != MIJ_SRC_OK,  full pass: mij_untrusted_clear(j,
+ *   or transient reasons set, or a new target    MIJ_U_TRANSIENT), mij_source_forget(j), then
+ *                                              copy everything (the journal keeps marking)
+ *   loop:
+ *     mij_lease_renew(j)                       at least every lease/2
+ *     n = mij_take(j, from, max, &first)       then read [first*g, (first+n)*g), clipped to
+ *                                              the source's current size, and write it
+ *     mij_done(j, first, n)                    or mij_redirty() when the copy failed
+ *     backlog 0: mij_source_observe(j, srcfd)  (and BLOCK_JOB_READY the first time)
+ *     write rate: mij_counters() sampled twice; too fast: mij_set_delay(j, us)
+ *     now and then: mij_check_alive(j); mij_writers() (nobody registered: is the shim
+ *     loaded?); apply the source's size to the target (ftruncate/fallocate mark dirty
+ *     ranges, but shrinking is the follower's to mirror)
+ *   complete:
+ *     mij_quiesce_begin(j, timeout, &qi)        writers held, none in a write
+ *     drain with mij_take/mij_done until mij_backlog() is 0; flush the target
+ *     --pivot: mij_pivot_request(j, DST); mij_pivot_wait(j, timeout, &pi)
+ *     mij_source_observe(j, srcfd); mij_target_set(j, DST, &dst_stat)
+ *     mij_quiesce_end(j)                        downtime = now - quiesce start
+ *   mij_close(j)                               (unfollows)
  */
 
 struct mij_create_opts {

@@ -428,13 +428,11 @@ static inline __attribute__((always_inline)) bool wbegin(struct wc *c, int fd, i
     uint32_t d = MIJ_LOADR(&J.h->delay_us);
     if (UNLIKELY(d)) /* auto-converge, before entering: never while counted in flight */
         delay_write(d);
-    int e = errno;
-    mij_w_enter(&J, S, on_wake);
+    mij_w_enter(&J, S, on_wake); /* mij_w_hold and pivot_now keep errno */
     if (UNLIKELY(MIJ_LOAD(&J.h->pivot_gen) != __atomic_load_n(&seen_gen, __ATOMIC_RELAXED)))
         pivot_now();
     if (UNLIKELY(fd >= 0 && !tracked(fd))) {
         mij_w_leave(S);
-        errno = e;
         return false;
     }
     if (UNLIKELY(!my_tid))
@@ -442,9 +440,11 @@ static inline __attribute__((always_inline)) bool wbegin(struct wc *c, int fd, i
     c->idx = mij_w_start(&J);
     c->mode = mode;
     c->before = 0;
-    if (mode != M_POS)
+    if (mode != M_POS) {
+        int e = errno;
         c->before = mode == M_STREAM ? lseek(fd, 0, SEEK_CUR) : fd_size(fd);
-    errno = e;
+        errno = e;
+    }
     return true;
 }
 
@@ -546,10 +546,10 @@ PWRITE_LIKE(pwritev64, MIJ_OP_PWRITEV, (int fd, const struct iovec *iov, int cnt
     EXPORT ssize_t name(int fd, const struct iovec *iov, int cnt, offt off, int flags)       \
     {                                                                                        \
         struct wc c;                                                                         \
-        int mode = ((flags & RWF_APPEND) || fd_append(fd)) ? M_SIZE                          \
-                   : off == -1                             ? M_STREAM                        \
-                                                           : M_POS;                          \
-        if (LIKELY(!tracked(fd)) || !wbegin(&c, fd, mode))                                   \
+        if (LIKELY(!tracked(fd)) ||                                                          \
+            !wbegin(&c, fd, ((flags & RWF_APPEND) || fd_append(fd)) ? M_SIZE                 \
+                            : off == -1                             ? M_STREAM               \
+                                                                    : M_POS))                \
             return REAL(name)(fd, iov, cnt, off, flags);                                     \
         ssize_t r = REAL(name)(fd, iov, cnt, off, flags);                                    \
         wend(&c, fd, MIJ_OP_PWRITEV2, r, (uint64_t)off);                                     \
