@@ -328,10 +328,13 @@ static void on_error(struct job *job, uint64_t first, uint64_t n, const struct w
     }
     if (policy == POLICY_IGNORE) {
         info.action = "ignore";
-        if (job->c.supply)
+        snprintf(job->ignored_msg, sizeof job->ignored_msg, "%s", mi_lasterr());
+        if (job->c.supply) {
             give_back(job, first, n, false);
-        else
+            job->backoff = true; /* the supply hands the run out again at once */
+        } else {
             bitmap_set_range(&job->failed, first, n);
+        }
         job_event(job, "BLOCK_JOB_ERROR", err_members, &info);
         return;
     }
@@ -348,8 +351,8 @@ static void fail_ignored(struct job *job)
 {
     char *p = job->error_msg;
     size_t room = sizeof job->error_msg;
-    int n = snprintf(p, room, "%s: ranges still failing after %u passes:", job->c.dst->name,
-                     job->c.max_passes);
+    int n = snprintf(p, room, "%s: ranges still failing after %u passes (last error: %s):",
+                     job->c.device, job->c.max_passes, job->ignored_msg);
     uint64_t i = 0, shown = 0;
     while ((i = bitmap_next_set(&job->failed, i)) < job->nchunks && n > 0 && (size_t)n < room) {
         uint64_t j = bitmap_next_clear(&job->failed, i);
@@ -454,6 +457,12 @@ static void *worker(void *arg)
         job->requests_done++;
         if (r < 0) {
             on_error(job, first, n, &e);
+            if (job->backoff) {
+                job->backoff = false;
+                pthread_mutex_unlock(&job->lock);
+                sleep_ns(100000000ULL);
+                pthread_mutex_lock(&job->lock);
+            }
         } else {
             give_back(job, first, n, true);
             __atomic_fetch_add(&job->offset, len, __ATOMIC_RELAXED);

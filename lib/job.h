@@ -97,6 +97,8 @@ struct job {
     bool pause_req, cancel_req, error_paused, finished;
     int error;              /* first fatal error (-errno) */
     char error_msg[1024];
+    char ignored_msg[512];  /* the last error the ignore policy let pass */
+    bool backoff;           /* a worker should pause before retrying (ignore + supply) */
     unsigned active;        /* workers inside a request */
     uint64_t requests_done; /* wakes job_wait's ticks */
     unsigned pass;

@@ -38,7 +38,7 @@ src_with_read_errors() { # errors on every read while $T/trigger exists
     src_with_read_errors
     run "$MI" copy --on-source-error=ignore "$SRC" "$T/dst.raw"
     assert_failure 1
-    assert_output --regexp "ranges still failing after [0-9]+ passes: 2097152\+"
+    assert_output --regexp "ranges still failing after [0-9]+ passes \(last error: .*read error at offset [0-9]+.*\): 2097152\+"
     [ ! -e "$T/dst.raw" ]
 }
 
