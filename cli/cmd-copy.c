@@ -372,7 +372,7 @@ static int run_copy(int argc, char **argv)
         return MI_EXIT_FAIL;
     }
     struct ep_info si;
-    if (ep_get_info(src, &si) < 0) {
+    if (ep_get_info(src, &si, false) < 0) {
         cli_error_last();
         ep_close(src);
         return MI_EXIT_FAIL;

@@ -59,7 +59,7 @@ static int describe(const char *name, const struct info_opts *o, struct json *j,
     if (!ep)
         return -1;
     struct ep_info in;
-    int r = ep_get_info(ep, &in);
+    int r = ep_get_info(ep, &in, true);
     ep_close(ep);
     if (r < 0)
         return -1;

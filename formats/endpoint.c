@@ -113,7 +113,7 @@ int ep_flush_noop(struct ep *ep)
     return 0;
 }
 
-int ep_get_info(struct ep *ep, struct ep_info *info)
+int ep_get_info(struct ep *ep, struct ep_info *info, bool allocation)
 {
     memset(info, 0, sizeof *info);
     info->format = ep->ops->name;
@@ -123,8 +123,8 @@ int ep_get_info(struct ep *ep, struct ep_info *info)
         if (stat(ep->name, &st) == 0)
             info->file_size = (uint64_t)st.st_blocks * 512;
     }
-    /* Allocation: sum of data runs in this layer. */
-    uint64_t off = 0;
+    /* Allocation: sum of data runs in this layer (a pass over the metadata: only for info). */
+    uint64_t off = allocation ? 0 : ep->size;
     while (off < ep->size) {
         uint64_t len;
         int kind;

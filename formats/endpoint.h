@@ -147,6 +147,8 @@ struct ep_info {
     char backing_format[32];
     char backing_path[4096];  /* resolved path, "" if none */
 };
-int ep_get_info(struct ep *ep, struct ep_info *info);
+/* Fill info; the allocated byte count takes a pass over the image's block status, so it is
+ * computed only when allocation is true. */
+int ep_get_info(struct ep *ep, struct ep_info *info, bool allocation);
 
 #endif

@@ -22,6 +22,7 @@
 #include "endpoint.h"
 #include "qcow2.h"
 #include "util.h"
+#include "writebehind.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -77,6 +78,9 @@ struct qw {
     uint64_t csize_mask;
     uint64_t coff_mask;
     bool flushed;         /* a successful flush since the last write (atomic) */
+    int wb_fd;            /* write-behind for data clusters (writebehind.h), or -1 */
+
+    pthread_mutex_t wlock;   /* one data write at a time (the kernel serializes them anyway) */
 
     pthread_mutex_t bk_lock; /* guards the opening of backing */
     struct ep *backing;      /* opened on the first read that needs it (verify) */
@@ -400,6 +404,19 @@ static int64_t plan_run(struct qw *q, const uint8_t *buf, uint64_t off, uint64_t
     return (int64_t)done;
 }
 
+/* Write guest data to host [host, host+n): outside q->lock, so threads overlap their
+ * reads and compression with it.  Buffered writes to one file serialize on its inode lock
+ * in the kernel, where a waiting writer spins: wlock lets it sleep instead. */
+static int write_data(struct qw *q, const void *buf, uint64_t n, uint64_t host)
+{
+    pthread_mutex_lock(&q->wlock);
+    int r = mi_pwrite_full(q->fd, buf, n, host);
+    pthread_mutex_unlock(&q->wlock);
+    if (r == 0 && q->wb_fd >= 0)
+        wb_after_write(q, q->wb_fd, host, n);
+    return r;
+}
+
 static int write_plain(struct qw *q, const uint8_t *buf, uint64_t len, uint64_t off)
 {
     while (len) {
@@ -410,7 +427,7 @@ static int write_plain(struct qw *q, const uint8_t *buf, uint64_t len, uint64_t 
         if (n < 0)
             return (int)n;
         if (host) {
-            int r = mi_pwrite_full(q->fd, buf, n, host);
+            int r = write_data(q, buf, (uint64_t)n, host);
             if (r < 0)
                 return write_err(q, r, off, host);
         }
@@ -450,7 +467,7 @@ static int write_compressed(struct qw *q, const uint8_t *buf, uint64_t n, uint64
     pthread_mutex_unlock(&q->lock);
     if (r == 0 && desc) {
         uint64_t host = desc & q->coff_mask;
-        if ((r = mi_pwrite_full(q->fd, w->out, (size_t)clen, host)) < 0)
+        if ((r = write_data(q, w->out, (uint64_t)clen, host)) < 0)
             r = write_err(q, r, off, host);
     } else if (r == 0) {
         r = write_plain(q, buf, n, off);
@@ -873,8 +890,11 @@ static void qw_free(struct qw *q)
         ws_free(w);
     }
     ep_close(q->backing);
+    if (q->wb_fd >= 0)
+        close(q->wb_fd);
     pthread_mutex_destroy(&q->lock);
     pthread_mutex_destroy(&q->bk_lock);
+    pthread_mutex_destroy(&q->wlock);
     free(q->backing_file);
     free(q->backing_format);
     free(q->ep.name);
@@ -996,9 +1016,10 @@ static struct qw *qw_new(const char *name, const struct ep_create_opts *o, int v
     struct qw *q = calloc(1, sizeof *q);
     if (!q)
         return NULL;
-    q->fd = -1;
+    q->fd = q->wb_fd = -1;
     pthread_mutex_init(&q->lock, NULL);
     pthread_mutex_init(&q->bk_lock, NULL);
+    pthread_mutex_init(&q->wlock, NULL);
     q->ep.ops = &qw_ops;
     q->ep.size = o->size;
     q->ep.writable = true;
@@ -1045,6 +1066,9 @@ struct ep *qcow2_create(const char *name, const struct ep_create_opts *opts)
         qw_free(q);
         return NULL;
     }
+    /* Compressed clusters share pages with their neighbours: dropping those pages would
+     * make the next write read them back, so only whole-page data gets write-behind. */
+    q->wb_fd = !q->compress && q->cs >= 4096 ? wb_open(q->fd) : -1;
     uint8_t *h = malloc(q->cs);
     int r = h ? 0 : mi_seterr(ENOMEM, "%s: out of memory", name);
     if (r == 0) {
