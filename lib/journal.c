@@ -57,7 +57,7 @@ static uint64_t bitmap_bytes_for(uint64_t nchunks)
     return (words * 8 + 4095) / 4096 * 4096;
 }
 
-/* Every field that says where something is must be exactly what version 1 computes. */
+/* Every field that says where something is must be exactly what this version computes. */
 static int validate(const struct mij_header *h, uint64_t fsize, const char *path)
 {
     if (memcmp(h->magic, MIJ_MAGIC, 8))
@@ -208,8 +208,11 @@ bool mij_pid_alive(int pid, uint64_t start_ticks)
 
 static void slot_init(struct mij *j, struct mij_slot *s, uint64_t start, bool reset_inflight)
 {
-    if (reset_inflight) /* only when no thread of the previous owner can still run */
+    if (reset_inflight) { /* only when no thread of the previous owner can still run */
         MIJ_STORE(&s->inflight, 0);
+        for (unsigned i = 0; i < MIJ_TMARKS; i++)
+            MIJ_STORE(&s->tmark[i], 0);
+    }
     MIJ_STORE(&s->waiting, 0);
     MIJ_STORE(&s->tracked, 0);
     MIJ_STORE(&s->nmaps, 0);
@@ -292,6 +295,16 @@ int mij_w_hold(struct mij *j, struct mij_slot *s, void (*on_wake)(void))
 
 #include <sys/ioctl.h>
 #include <linux/fs.h>
+
+/* Threads of the slot's owner inside a tracked call: the shared count plus the per-thread
+ * markers (mij_w_begin).  seq_cst loads: the follower's side of the Dekker handshake. */
+static unsigned slot_inflight(struct mij_slot *s)
+{
+    unsigned n = MIJ_LOAD(&s->inflight);
+    for (unsigned i = 0; i < MIJ_TMARKS; i++)
+        n += MIJ_LOAD(&s->tmark[i]);
+    return n;
+}
 
 static void futex_wake_all(uint32_t *w)
 {
@@ -800,7 +813,7 @@ int mij_quiesce_begin(struct mij *j, uint64_t timeout_ns, struct mij_quiesce_inf
         for (unsigned i = 0; i < MIJ_NSLOTS; i++) {
             struct mij_slot *s = &j->slots[i];
             int pid = MIJ_LOAD(&s->pid);
-            if (!pid || !MIJ_LOAD(&s->inflight) || seen_dead[i])
+            if (!pid || !slot_inflight(s) || seen_dead[i])
                 continue;
             if (!mij_pid_alive(pid, MIJ_LOAD(&s->start_ticks))) {
                 /* killed inside a write: what it wrote is unknown */
@@ -911,7 +924,7 @@ int mij_pivot_wait(struct mij *j, uint64_t timeout_ns, struct mij_pivot_info *pi
                     pi->switched++;
                 }
             } else if (!MIJ_LOAD(&s->tracked) ||
-                       (!MIJ_LOAD(&s->inflight) && !MIJ_LOAD(&s->waiting))) {
+                       (!slot_inflight(s) && !MIJ_LOAD(&s->waiting))) {
                 pi->idle++;
             } else {
                 pending++;
@@ -943,7 +956,7 @@ int mij_writers(struct mij *j, struct mij_writer *w, int max)
             int pid = MIJ_LOAD(&s->pid);
             if (!pid)
                 continue;
-            if (pid == -1 && !MIJ_LOAD(&s->writes) && !MIJ_LOAD(&s->inflight))
+            if (pid == -1 && !MIJ_LOAD(&s->writes) && !slot_inflight(s))
                 continue;
             bool alive = mij_pid_alive(pid, MIJ_LOAD(&s->start_ticks));
             if (alive != (pass == 0))
@@ -951,7 +964,7 @@ int mij_writers(struct mij *j, struct mij_writer *w, int max)
             struct mij_writer *x = &w[n++];
             x->pid = pid;
             x->alive = alive;
-            x->inflight = MIJ_LOAD(&s->inflight);
+            x->inflight = slot_inflight(s);
             x->waiting = MIJ_LOAD(&s->waiting);
             x->tracked = MIJ_LOAD(&s->tracked);
             x->nmaps = MIJ_LOAD(&s->nmaps);
@@ -1040,7 +1053,7 @@ static bool writers_quiet(struct mij *j)
     for (unsigned i = 0; i < MIJ_NSLOTS; i++) {
         struct mij_slot *s = &j->slots[i];
         int pid = MIJ_LOAD(&s->pid);
-        if (!pid || !MIJ_LOAD(&s->inflight))
+        if (!pid || !slot_inflight(s))
             continue;
         if (mij_pid_alive(pid, MIJ_LOAD(&s->start_ticks)))
             return false;

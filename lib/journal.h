@@ -44,10 +44,14 @@
  *    to copying BEFORE it reads it (mij_take).  A write that lands after the take sets the
  *    dirty bit again.  A follower killed during a copy leaves the chunk in copying, and
  *    the next follower moves copying back to dirty (mij_follow).
- *  - Quiesce is a Dekker handshake: a writer increments its slot's in-flight count, then
- *    reads the quiesce word; the follower sets the quiesce word, then waits until every
- *    live slot's in-flight count reads zero (all seq_cst).  Either the writer sees the
- *    quiesce (and backs out to wait) or the follower sees the writer (and waits for it).
+ *  - Quiesce is a Dekker handshake: a writer announces itself in its slot (its thread's
+ *    in-flight marker, or the slot's in-flight count), then reads the quiesce word; the
+ *    follower sets the quiesce word, then waits until every live slot's count and markers
+ *    read zero (seq_cst).  A full barrier separates the writer's announcement from its
+ *    read: the locked increment of ring_head that claims its ring entry (mij_w_begin).
+ *    Either the writer sees the quiesce (and backs out to wait) or the follower sees the
+ *    writer (and waits for it).  A marker belongs to one thread, so the writer sets and
+ *    clears it with plain stores: the shim's write path costs one locked instruction.
  *    Writers wait only while the follower's lease (CLOCK_MONOTONIC expiry) is in the
  *    future, so a dead or stopped follower holds them at most one lease.
  *  - Writes that bypass the shim: the follower records the source's (size, ctime) together
@@ -71,12 +75,13 @@
 
 #define MIJ_MAGIC "MIRRIMGJ" /* 8 bytes, not NUL-terminated in the file */
 #define MIJ_BOM 0x01020304u  /* reads differently on a machine of the other byte order */
-#define MIJ_VERSION 1u
+#define MIJ_VERSION 2u /* 2: per-thread in-flight markers in the slots */
 
 #define MIJ_PATH_MAX 4096
 #define MIJ_NSLOTS 256     /* writer registry; slot 0 is the shared overflow slot */
 #define MIJ_SLOT_MAPS 8    /* writable shared mappings described per slot */
 #define MIJ_NRING 1024     /* write records kept for `journal dump` */
+#define MIJ_TMARKS 32      /* per-thread in-flight markers per slot */
 
 #define MIJ_OFF_SRC_PATH 4096u
 #define MIJ_OFF_PIVOT_PATH 8192u
@@ -189,12 +194,14 @@ struct mij_header {
 /* One writer process (256 bytes). */
 struct mij_slot {
     /* line 0: updated by the owner on each write */
-    uint32_t inflight;     /* threads of this process inside a tracked call */
+    uint32_t inflight;     /* threads of this process inside a tracked call (those that
+                            * have no marker below) */
     uint32_t pad0;
     uint64_t bytes;        /* bytes written (monotonic across owners; see bytes_base) */
     uint64_t writes;       /* tracked calls (monotonic across owners) */
     uint64_t last_ns;      /* CLOCK_REALTIME of the last write */
-    uint64_t pad1[4];
+    uint8_t tmark[MIJ_TMARKS]; /* per-thread in-flight markers: nesting depth of the thread
+                                * that owns marker i (the owner process hands them out) */
     /* line 1: owner */
     int32_t pid;           /* 0 = free, -1 = the shared overflow slot */
     uint32_t flags;
@@ -251,6 +258,22 @@ struct mij {
  * system call except where said).  Also used by the unit tests to play a writer.
  */
 
+/* Full barriers the writer gets for free on x86 (documented where used); elsewhere they
+ * are explicit fences.  MIJ_FENCE_AFTER_RMW: after a seq_cst read-modify-write (a locked
+ * instruction on x86, which orders every earlier store before every later load).
+ * MIJ_FENCE_AFTER_WRITE: after a system call that changed a file's bytes (see mij_mark). */
+#if defined(__x86_64__) || defined(__i386__)
+#define MIJ_FENCE_AFTER_RMW() __asm__ __volatile__("" ::: "memory")
+#define MIJ_FENCE_AFTER_WRITE() __asm__ __volatile__("" ::: "memory")
+#else
+#define MIJ_FENCE_AFTER_RMW() __atomic_thread_fence(__ATOMIC_SEQ_CST)
+#define MIJ_FENCE_AFTER_WRITE() __atomic_thread_fence(__ATOMIC_SEQ_CST)
+#endif
+
+/* The write path's functions are inlined into every wrapper, whatever the compiler's
+ * size heuristics say (a call and a split-off part cost more than they save). */
+#define MIJ_HOT static inline __attribute__((always_inline))
+
 #define MIJ_LOAD(p) __atomic_load_n((p), __ATOMIC_SEQ_CST)
 #define MIJ_LOADR(p) __atomic_load_n((p), __ATOMIC_RELAXED)
 #define MIJ_STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_SEQ_CST)
@@ -267,7 +290,7 @@ static inline uint64_t mij_clock(clockid_t c)
 void mij_untrust(struct mij *j, enum mij_reason r, int pid);
 
 /* Mark [off, off+len) dirty.  Beyond the covered size marks the journal untrusted. */
-static inline void mij_mark(struct mij *j, uint64_t off, uint64_t len, int pid)
+MIJ_HOT void mij_mark(struct mij *j, uint64_t off, uint64_t len, int pid)
 {
     if (!len)
         return;
@@ -279,6 +302,20 @@ static inline void mij_mark(struct mij *j, uint64_t off, uint64_t len, int pid)
         end = j->covered;
     }
     uint64_t c = off >> j->shift, last = (end - 1) >> j->shift;
+    /* Test before set: a bit found set needs no locked instruction (under steady writing
+     * the bits are usually set already, and a plain load keeps the cache line shared).
+     * Why skipping is sound.  The follower clears a bit (a seq_cst read-modify-write,
+     * mij_take) BEFORE it reads the chunk's data.  Our write's data stores precede our
+     * load of the bit, with a full barrier between them: on x86 the write system call
+     * itself executes locked instructions after copying the data (unlocking the page and
+     * the inode), and elsewhere MIJ_FENCE_AFTER_WRITE is a fence.  If our load sees the
+     * bit set, it read a value that precedes the follower's clear in the word's
+     * modification order, so (store buffering with a fence on both sides) the follower's
+     * later read of the data cannot miss our data: either the follower has not taken the
+     * chunk yet (it will read after taking it, and see our data), or it takes it after
+     * our load, which is after our data.  Only a bit found clear needs the fetch_or.  The
+     * caller is the thread that made the write, after the call returned. */
+    MIJ_FENCE_AFTER_WRITE();
     if (LIKELY_ONE_CHUNK(c == last)) { /* the common case: a write inside one chunk */
         uint64_t bit = 1ull << (c & 63);
         if (!(MIJ_LOAD(&j->dirty[c >> 6]) & bit))
@@ -290,8 +327,6 @@ static inline void mij_mark(struct mij *j, uint64_t off, uint64_t len, int pid)
         unsigned b = c & 63;
         uint64_t n = last - c + 1 < 64 - b ? last - c + 1 : 64 - b;
         uint64_t mask = (n == 64 ? ~0ull : ((1ull << n) - 1)) << b;
-        /* Test before set: under steady writing the bits are usually set already, and a
-         * plain load keeps the cache line shared. */
         if ((MIJ_LOAD(&j->dirty[w]) & mask) != mask)
             __atomic_fetch_or(&j->dirty[w], mask, __ATOMIC_SEQ_CST);
         c += n;
@@ -323,6 +358,71 @@ static inline void mij_w_leave(struct mij_slot *s)
     __atomic_fetch_sub(&s->inflight, 1, __ATOMIC_SEQ_CST);
 }
 
+/* Enter a tracked call and claim its ring entry, with one locked instruction (the shim's
+ * write path).  mark: the calling thread's in-flight marker in s (s->tmark[mark], which no
+ * other thread touches), or -1 to use the slot's shared in-flight count instead (slot 0,
+ * shared by processes, or a thread that found no free marker).  The marker is a nesting
+ * depth, changed by plain load and store: only its thread changes it, and a signal
+ * handler that writes in between undoes its own change before the thread resumes.
+ * Returns the ring index (mij_w_record), counted as a started write (ring_head) BEFORE the
+ * call.  Leave with mij_w_end(s, mark) after marking and recording.
+ *
+ * The Dekker handshake (see the top of this file): the announcement (marker or count)
+ * must be visible before we read the quiesce word.  The seq_cst fetch_add on ring_head
+ * between them is a full barrier on x86 (a locked instruction drains the store buffer;
+ * the compiler keeps the earlier store before it, being a release, and the later load
+ * after it, being an acquire); elsewhere MIJ_FENCE_AFTER_RMW adds a fence.  mij_source_
+ * observe relies on the same order: a follower that sees our ring_head increment sees
+ * our announcement too. */
+MIJ_HOT void mij_w_in(struct mij_slot *s, int mark)
+{
+    if (mark >= 0)
+#if defined(__x86_64__) || defined(__i386__)
+        /* one instruction, not locked: a signal cannot fall between its load and store */
+        __asm__ __volatile__("addb $1, %0" : "+m"(s->tmark[mark]) : : "memory");
+#else
+        __atomic_store_n(&s->tmark[mark], (uint8_t)(__atomic_load_n(&s->tmark[mark], __ATOMIC_RELAXED) + 1),
+                         __ATOMIC_RELAXED);
+#endif
+    else
+        __atomic_fetch_add(&s->inflight, 1, __ATOMIC_SEQ_CST);
+}
+
+MIJ_HOT void mij_w_end(struct mij_slot *s, int mark)
+{
+    /* release: what the call marked and recorded is visible to a follower that sees us out */
+    if (mark >= 0)
+#if defined(__x86_64__) || defined(__i386__)
+        /* a store is a release on x86; the clobber keeps earlier accesses before it */
+        __asm__ __volatile__("subb $1, %0" : "+m"(s->tmark[mark]) : : "memory");
+#else
+        __atomic_store_n(&s->tmark[mark], (uint8_t)(__atomic_load_n(&s->tmark[mark], __ATOMIC_RELAXED) - 1),
+                         __ATOMIC_RELEASE);
+#endif
+    else
+        __atomic_fetch_sub(&s->inflight, 1, __ATOMIC_SEQ_CST);
+}
+
+MIJ_HOT uint64_t mij_w_begin(struct mij *j, struct mij_slot *s, int mark,
+                                   void (*on_wake)(void))
+{
+    for (;;) {
+        mij_w_in(s, mark);
+        uint64_t idx = __atomic_fetch_add(&j->h->ring_head, 1, __ATOMIC_SEQ_CST);
+        MIJ_FENCE_AFTER_RMW();
+        if (__builtin_expect(!MIJ_LOAD(&j->h->quiesce), 1))
+            return idx;
+        mij_w_end(s, mark);
+        if (mij_w_hold(j, s, on_wake)) {
+            /* lease expired with the quiesce still set: go on regardless (a fresh ring
+             * entry: ring_head must move after the announcement, see mij_source_observe) */
+            mij_w_in(s, mark);
+            idx = __atomic_fetch_add(&j->h->ring_head, 1, __ATOMIC_SEQ_CST);
+            return idx;
+        }
+    }
+}
+
 /* Claim a ring entry (counts the write as started: call before the write itself). */
 static inline uint64_t mij_w_start(struct mij *j)
 {
@@ -330,7 +430,7 @@ static inline uint64_t mij_w_start(struct mij *j)
 }
 
 /* Fill the ring entry claimed by mij_w_start and count the bytes. */
-static inline void mij_w_record(struct mij *j, struct mij_slot *s, uint64_t idx, int op,
+MIJ_HOT void mij_w_record(struct mij *j, struct mij_slot *s, uint64_t idx, int op,
                                 int fd, uint64_t off, uint64_t len, int pid, int tid)
 {
     struct mij_rec *r = &j->ring[idx % MIJ_NRING];

@@ -56,6 +56,10 @@ static int ntracked, maxfd;    /* tracked descriptors; highest number ever track
 static uint64_t seen_gen;      /* pivot generation this process acted on */
 static int pivoting;
 static __thread int my_tid __attribute__((tls_model("initial-exec")));
+/* This thread's in-flight marker in S (journal.h, mij_w_begin): 0 = none claimed yet,
+ * k + 1 = marker k, -1 = none available (the slot's shared count is used instead). */
+static __thread int my_mark __attribute__((tls_model("initial-exec")));
+static int mark_owner[MIJ_TMARKS]; /* tid owning each marker of S (this process only) */
 
 /* ---------------------------------------------------------------------------------- */
 /* The real functions                                                                   */
@@ -403,6 +407,7 @@ struct wc {
     uint64_t idx;
     int64_t before; /* M_STREAM: file position; M_SIZE: file size */
     int e0, mode;
+    int mark;       /* this thread's in-flight marker, or -1 (mij_w_begin) */
 };
 
 static int64_t fd_size(int fd)
@@ -421,6 +426,48 @@ static void delay_write(uint32_t us)
     errno = e;
 }
 
+/* A thread's first tracked call: claim one of our slot's markers (a free one, else one
+ * whose thread is gone: tgkill(0) says ESRCH; it is not in a write, so its marker is
+ * cleared).  None free, or the shared overflow slot: -1, the shared count.  Keeps errno. */
+static __attribute__((noinline, cold)) int claim_mark(void)
+{
+    int e = errno, got = -1;
+    if (UNLIKELY(!my_tid))
+        my_tid = gettid();
+    if (S != &J.slots[0] && may_change_table()) {
+        for (int i = 0; i < MIJ_TMARKS && got < 0; i++) {
+            int zero = 0;
+            if (__atomic_compare_exchange_n(&mark_owner[i], &zero, my_tid, false, __ATOMIC_SEQ_CST,
+                                            __ATOMIC_SEQ_CST))
+                got = i;
+        }
+        for (int i = 0; i < MIJ_TMARKS && got < 0; i++) {
+            int t = __atomic_load_n(&mark_owner[i], __ATOMIC_SEQ_CST);
+            /* our own tid: its previous owner is dead (tids are unique among live threads) */
+            if (t && (t == my_tid || (syscall(SYS_tgkill, mypid, t, 0) < 0 && errno == ESRCH)) &&
+                __atomic_compare_exchange_n(&mark_owner[i], &t, my_tid, false, __ATOMIC_SEQ_CST,
+                                            __ATOMIC_SEQ_CST)) {
+                __atomic_store_n(&S->tmark[i], 0, __ATOMIC_SEQ_CST);
+                got = i;
+            }
+        }
+    }
+    /* A vfork child runs on its parent's thread (and TLS) in our memory: it uses the shared
+     * count, and leaves our markers to us. */
+    if (may_change_table())
+        my_mark = got >= 0 ? got + 1 : -1;
+    errno = e;
+    return got;
+}
+
+static inline int thread_mark(void)
+{
+    int m = my_mark;
+    if (LIKELY(m > 0))
+        return m - 1;
+    return m < 0 ? -1 : claim_mark();
+}
+
 /* The slow paths below keep errno themselves; on the common path (a positional write, no
  * quiesce, no pivot) nothing here touches errno at all. */
 static inline __attribute__((always_inline)) bool wbegin(struct wc *c, int fd, int mode)
@@ -428,17 +475,16 @@ static inline __attribute__((always_inline)) bool wbegin(struct wc *c, int fd, i
     uint32_t d = MIJ_LOADR(&J.h->delay_us);
     if (UNLIKELY(d)) /* auto-converge, before entering: never while counted in flight */
         delay_write(d);
-    mij_w_enter(&J, S, on_wake); /* mij_w_hold and pivot_now keep errno */
+    c->mark = thread_mark();
+    /* in flight, and the ring entry claimed (the write counts as started) */
+    c->idx = mij_w_begin(&J, S, c->mark, on_wake); /* mij_w_hold and pivot_now keep errno */
     if (UNLIKELY(MIJ_LOAD(&J.h->pivot_gen) != __atomic_load_n(&seen_gen, __ATOMIC_RELAXED)))
         pivot_now();
     if (UNLIKELY(fd >= 0 && !tracked(fd))) {
-        mij_w_leave(S);
+        mij_w_end(S, c->mark);
         return false;
     }
-    if (UNLIKELY(!my_tid))
-        my_tid = gettid();
-    c->idx = mij_w_start(&J);
-    c->mode = mode;
+    c->mode = mode; /* my_tid: set by claim_mark, the thread's first call */
     c->before = 0;
     if (mode != M_POS) {
         int e = errno;
@@ -456,7 +502,7 @@ static inline __attribute__((always_inline)) void wend_range(struct wc *c, int f
         mij_mark(&J, a, b - a, mypid); /* may record an untrusted reason: keeps errno */
         mij_w_record(&J, S, c->idx, op, fd, a, b - a, mypid, my_tid);
     }
-    mij_w_leave(S);
+    mij_w_end(S, c->mark);
 }
 
 /* Leave after a data write that returned r bytes (off: its offset for M_POS). */
@@ -1234,6 +1280,8 @@ static void after_fork_child(void)
     my_tid = gettid();
     maps_lock = 0;
     pivoting = 0;
+    memset(mark_owner, 0, sizeof mark_owner); /* the markers were our parent's slot's */
+    my_mark = 0;
     S = mij_register(&J, mypid);
     MIJ_STORE(&S->tracked, (uint32_t)__atomic_load_n(&ntracked, __ATOMIC_SEQ_CST));
     MIJ_STORE(&S->pivot_ack, __atomic_load_n(&seen_gen, __ATOMIC_SEQ_CST));
