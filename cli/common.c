@@ -169,6 +169,7 @@ static error_t parse_opt(int key, char *arg, struct argp_state *st)
     case 'j':
         if (parse_uint(arg, 1, 64, &o->threads) < 0)
             argp_error(st, "--threads: '%s' is not a number from 1 to 64", arg);
+        o->threads_set = true;
         break;
     case 's': o->speed = parse_size_opt(arg, st, "--speed"); break;
     case OPT_ON_SRC: o->on_source_error = parse_policy(arg, st, "--on-source-error"); break;
@@ -228,7 +229,14 @@ int mi_opts_check(struct mi_opts *o)
     if (o->compress && o->dst_fmt && strcmp(o->dst_fmt, "qcow2"))
         return cli_usage(o->sub, "-c needs a qcow2 target (-O qcow2)");
     o->create.compress = o->compress;
+    mi_opts_threads(o);
     return 0;
+}
+
+void mi_opts_threads(struct mi_opts *o)
+{
+    if (!o->threads_set && o->nargs >= 2 && (ep_is_nbd_uri(o->args[0]) || ep_is_nbd_uri(o->args[1])))
+        o->threads = (unsigned)mi_max(o->threads, 8);
 }
 
 void mi_opts_print(const struct mi_opts *o, const struct job *job)

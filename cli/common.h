@@ -19,6 +19,7 @@ struct mi_opts {
     const char *journal;
     bool incremental, verify;
     unsigned threads;
+    bool threads_set; /* -j given (else NBD endpoints get more workers) */
     const char *password_file;
     bool no_backing;
     const char *tls_psk_file, *tls_certificates;
@@ -35,6 +36,9 @@ extern const struct argp common_argp; /* the shared options, as an argp child */
 void mi_opts_defaults(struct mi_opts *o, const char *sub);
 /* Checks after parsing that involve several options; returns 0 or MI_EXIT_USAGE. */
 int mi_opts_check(struct mi_opts *o);
+/* Workers: -j, else the number of cores, at least 8 with an NBD endpoint (each worker
+ * has one request in flight at a time; a network round trip wants several). */
+void mi_opts_threads(struct mi_opts *o);
 /* Print the settings in force (-v). */
 void mi_opts_print(const struct mi_opts *o, const struct job *job);
 

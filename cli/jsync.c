@@ -283,6 +283,10 @@ int jsync_begin(struct follower *f, bool untrusted_fails, const char **full_reas
         if (jsync_mark_full_pass(f, everything) < 0)
             return -EIO;
     }
+    /* From here on the journal holds everything the target lacks: record the source's
+     * state now, so that a run killed before it got in sync resumes without a full pass
+     * (and a write behind the shim is still seen). */
+    mij_source_observe(f->j, f->src_fd);
     /* The journal now holds everything the target lacks: record the target so that a
      * run killed from here on resumes. */
     struct stat dst_st = {0};

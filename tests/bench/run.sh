@@ -56,6 +56,14 @@ rc=0
 python3 "$top/tests/bench/bench.py" --mi "$tmp/mirror-img" --tmpfs "$tmp" ${disk:+--disk "$disk"} \
     --out "$out" --rounds "${BENCH_ROUNDS:-3}" ${BENCH_ONLY:+--only "$BENCH_ONLY"} \
     ${follow:+--follow-script "$follow"} || rc=$?
+if [ "${BENCH_NBD:-1}" != 0 ]; then
+    echo "== NBD: to nbdkit memory with 1 ms added latency (target: mirror-img <= 0.9 x nbdcopy)"
+    MI="$tmp/mirror-img" bash "$top/tests/bench/nbd.sh" "${BENCH_ROUNDS:-3}" || rc=2
+fi
+if [ "${BENCH_JOURNAL:-1}" != 0 ] && [ -f "$top/build/mirror-img-shim.so" ]; then
+    echo "== journal: incremental copy and complete's downtime"
+    MI="$tmp/mirror-img" BENCH_TMPFS="$tmp" bash "$top/tests/bench/journal.sh" "${BENCH_ROUNDS:-3}" || rc=2
+fi
 echo "bench: total $(($(date +%s) - start)) s"
 if [ "$rc" = 1 ] && [ "${BENCH_STRICT:-0}" != 1 ]; then
     rc=0 # a missed target is a finding, not a failed build
