@@ -222,7 +222,19 @@ static void tick(struct job *job, void *arg)
         job_fail(job, -EIO, mi_lasterr());
         return;
     }
-    uint64_t u = mij_untrusted(f->j) & ~MIJ_U_BIT(MIJ_U_BYPASS);
+    uint64_t t = mij_untrusted(f->j) & MIJ_U_TRANSIENT & ~MIJ_U_BIT(MIJ_U_BYPASS);
+    if (t) {
+        /* A writer died inside a write, or wrote by a raw syscall: a full pass cures it. */
+        char names[256];
+        if (!f->o->quiet)
+            cli_error("%s: %s: copying everything again", f->o->journal,
+                      mij_reasons_str(t, names, sizeof names));
+        mij_untrusted_clear(f->j, t);
+        mij_source_forget(f->j);
+        jsync_mark_full_pass(f, true);
+        job_kick(job);
+    }
+    uint64_t u = mij_untrusted(f->j) & ~MIJ_U_TRANSIENT;
     if (u) {
         char names[256], msg[512];
         snprintf(msg, sizeof msg, "%s: journal untrusted: %s; the target cannot be kept in sync "

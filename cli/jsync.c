@@ -157,6 +157,12 @@ int jsync_settle(struct follower *f, bool pivot, uint64_t *downtime_ms)
     int r = mij_quiesce_begin(f->j, 5000000000ULL, &qi);
     if (r < 0)
         return r;
+    if (qi.died) {
+        mij_quiesce_end(f->j);
+        return mi_seterr(EIO, "%s: %u writer(s) died inside a write: what they wrote is unknown, "
+                         "so the target is not a consistent copy; a full pass follows: try again "
+                         "once in sync", f->o->journal, qi.died);
+    }
     if (pivot && qi.maps) {
         mij_quiesce_end(f->j);
         return mi_seterr(EBUSY, "%s: cannot pivot: a writer has a writable shared mapping of %s",
@@ -252,7 +258,10 @@ int jsync_begin(struct follower *f, bool untrusted_fails, const char **full_reas
     struct stat sst;
     if (fstat(f->src_fd, &sst) < 0 || mij_check_source(f->j, &sst, o->args[0]) < 0)
         return -ESTALE;
-    uint64_t u = mij_untrusted(f->j) & ~MIJ_U_BIT(MIJ_U_BYPASS);
+    /* Transient reasons (a writer died inside a write...) are cured by a full pass; the
+     * others say a writer keeps writing behind the journal's back. */
+    uint64_t all = mij_untrusted(f->j) & ~MIJ_U_BIT(MIJ_U_BYPASS);
+    uint64_t u = all & ~MIJ_U_TRANSIENT;
     static char why[300];
     if (u && untrusted_fails) {
         char names[256];
@@ -271,15 +280,15 @@ int jsync_begin(struct follower *f, bool untrusted_fails, const char **full_reas
         *full_reason = sc == MIJ_SRC_CHANGED ? "the source changed behind the shim (size or change time)"
                                              : "the source's state was never recorded";
     }
-    if (!full_pass && u) {
+    if (!full_pass && all) {
         char names[256];
         full_pass = everything = true;
-        snprintf(why, sizeof why, "journal untrusted: %s", mij_reasons_str(u, names, sizeof names));
+        snprintf(why, sizeof why, "journal untrusted: %s", mij_reasons_str(all, names, sizeof names));
         *full_reason = why;
     }
     if (full_pass) {
         mij_source_forget(f->j);
-        mij_untrusted_clear(f->j, ~0ULL);
+        mij_untrusted_clear(f->j, MIJ_U_TRANSIENT);
         if (jsync_mark_full_pass(f, everything) < 0)
             return -EIO;
     }

@@ -273,7 +273,7 @@ int mij_w_hold(struct mij *j, struct mij_slot *s, void (*on_wake)(void))
         if (!MIJ_LOAD(&h->quiesce))
             break;
         uint64_t exp = MIJ_LOAD(&h->lease_expiry_ns), now = mij_clock(CLOCK_MONOTONIC);
-        if (now >= exp) {
+        if (!mij_lease_fresh(h, now)) {
             expired = 1;
             break;
         }
@@ -304,6 +304,17 @@ static unsigned slot_inflight(struct mij_slot *s)
     for (unsigned i = 0; i < MIJ_TMARKS; i++)
         n += MIJ_LOAD(&s->tmark[i]);
     return n;
+}
+
+/* A writer that died inside a tracked call: its range is unknown (untrusted until a full
+ * pass), and its in-flight marks go, so that no later scan waits for it or reports it
+ * again.  A dead process writes nothing more: clearing them is safe. */
+static void reap_dead(struct mij *j, struct mij_slot *s, int pid)
+{
+    mij_untrust(j, MIJ_U_WRITER_DIED, pid);
+    MIJ_STORE(&s->inflight, 0);
+    for (unsigned i = 0; i < MIJ_TMARKS; i++)
+        MIJ_STORE(&s->tmark[i], 0);
 }
 
 static void futex_wake_all(uint32_t *w)
@@ -819,7 +830,7 @@ int mij_quiesce_begin(struct mij *j, uint64_t timeout_ns, struct mij_quiesce_inf
                 /* killed inside a write: what it wrote is unknown */
                 seen_dead[i] = true;
                 qi->died++;
-                mij_untrust(j, MIJ_U_WRITER_DIED, pid);
+                reap_dead(j, s, pid);
                 continue;
             }
             busy++;
@@ -1057,7 +1068,7 @@ static bool writers_quiet(struct mij *j)
             continue;
         if (mij_pid_alive(pid, MIJ_LOAD(&s->start_ticks)))
             return false;
-        mij_untrust(j, MIJ_U_WRITER_DIED, pid);
+        reap_dead(j, s, pid);
     }
     return true;
 }

@@ -333,6 +333,18 @@ MIJ_HOT void mij_mark(struct mij *j, uint64_t off, uint64_t len, int pid)
     }
 }
 
+/* The follower's lease holds at `now`: it has not run out, and it does not reach further
+ * ahead than one lease length (an expiry written under another boot's CLOCK_MONOTONIC, or
+ * garbage, must not hold anybody).  Writers wait, and slow down for auto-converge, only
+ * under a fresh lease. */
+static inline bool mij_lease_fresh(const struct mij_header *h, uint64_t now)
+{
+    uint64_t exp = MIJ_LOAD(&h->lease_expiry_ns), len = MIJ_LOAD(&h->lease_ns);
+    if (len == 0 || len > 3600000000000ull)
+        len = 3600000000000ull; /* --lease is at most an hour */
+    return now < exp && exp - now <= len + 100000000ull;
+}
+
 /* Enter a tracked call (Dekker handshake with the follower's quiesce).  Returns when no
  * quiesce holds the writer any more, or when the follower's lease ran out.  on_wake, if
  * set, runs each time a held writer wakes (the shim uses it to act on a pivot). */

@@ -473,7 +473,9 @@ static inline int thread_mark(void)
 static inline __attribute__((always_inline)) bool wbegin(struct wc *c, int fd, int mode)
 {
     uint32_t d = MIJ_LOADR(&J.h->delay_us);
-    if (UNLIKELY(d)) /* auto-converge, before entering: never while counted in flight */
+    /* auto-converge, before entering (never while counted in flight), and only while the
+     * follower that asked for it holds a fresh lease */
+    if (UNLIKELY(d) && mij_lease_fresh(J.h, mij_clock(CLOCK_MONOTONIC)))
         delay_write(d);
     c->mark = thread_mark();
     /* in flight, and the ring entry claimed (the write counts as started) */
