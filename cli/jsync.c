@@ -157,11 +157,20 @@ int jsync_settle(struct follower *f, bool pivot, uint64_t *downtime_ms)
     int r = mij_quiesce_begin(f->j, 5000000000ULL, &qi);
     if (r < 0)
         return r;
-    if (qi.died) {
+    /* A writer found dead inside a write, now (qi.died) or by the follower since its last
+     * tick (the untrusted bit, its in-flight mark already reaped). */
+    uint64_t transient = mij_untrusted(f->j) & MIJ_U_TRANSIENT & ~MIJ_U_BIT(MIJ_U_BYPASS);
+    if (qi.died || transient) {
+        /* Mark the full pass now, under the quiesce: a complete retried before the
+         * follower's next tick must find it to drain, not an empty backlog. */
+        mij_untrusted_clear(f->j, transient | MIJ_U_BIT(MIJ_U_WRITER_DIED));
+        mij_source_forget(f->j);
+        jsync_mark_full_pass(f, true);
+        job_kick(f->job);
         mij_quiesce_end(f->j);
         return mi_seterr(EIO, "%s: %u writer(s) died inside a write: what they wrote is unknown, "
                          "so the target is not a consistent copy; a full pass follows: try again "
-                         "once in sync", f->o->journal, qi.died);
+                         "once in sync", f->o->journal, qi.died ? qi.died : 1);
     }
     if (pivot && qi.maps) {
         mij_quiesce_end(f->j);

@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/futex.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -86,6 +87,10 @@ static int validate(const struct mij_header *h, uint64_t fsize, const char *path
         return jerr(EINVAL, "%s: %s journal: %llu bytes, its header says %llu", path,
                     fsize < h->file_size ? "truncated" : "corrupted",
                     (unsigned long long)fsize, (unsigned long long)h->file_size);
+    /* The three paths must end inside their 4 KiB: a read-only mapping cannot cut them. */
+    for (unsigned i = 0; i < 3; i++)
+        if (!memchr((const char *)h + MIJ_OFF_SRC_PATH + i * MIJ_PATH_MAX, '\0', MIJ_PATH_MAX))
+            return jerr(EINVAL, "%s: corrupted journal: unterminated path", path);
     if (h->src_type != S_IFREG && h->src_type != S_IFBLK)
         return jerr(EINVAL, "%s: corrupted journal: source type %#x", path, h->src_type);
     return 0;
@@ -322,6 +327,63 @@ static void futex_wake_all(uint32_t *w)
     syscall(SYS_futex, w, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 }
 
+/* A journal truncated under mirror-img: the next access to its mapping raises SIGBUS.
+ * Like the shim, put zero pages in its place and let mij_check_alive() report it (the
+ * follower's tick does); other faults go to the previous handler or kill as they would. */
+#define MIJ_BUS_MAPS 8
+static struct { uintptr_t base; size_t size; } bus_maps[MIJ_BUS_MAPS];
+static struct sigaction old_bus;
+static pthread_mutex_t bus_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void bus_handler(int sig, siginfo_t *si, void *uc)
+{
+    uintptr_t a = (uintptr_t)si->si_addr;
+    for (unsigned i = 0; si->si_code > 0 && i < MIJ_BUS_MAPS; i++) {
+        uintptr_t b = __atomic_load_n(&bus_maps[i].base, __ATOMIC_ACQUIRE);
+        size_t n = __atomic_load_n(&bus_maps[i].size, __ATOMIC_RELAXED);
+        if (b && a >= b && a < b + n) {
+            mmap((void *)b, n, PROT_READ | PROT_WRITE, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS,
+                 -1, 0);
+            return;
+        }
+    }
+    if ((old_bus.sa_flags & SA_SIGINFO) && old_bus.sa_sigaction) {
+        old_bus.sa_sigaction(sig, si, uc);
+        return;
+    }
+    if (old_bus.sa_handler != SIG_DFL && old_bus.sa_handler != SIG_IGN) {
+        old_bus.sa_handler(sig);
+        return;
+    }
+    signal(SIGBUS, SIG_DFL);
+    if (si->si_code <= 0)
+        raise(SIGBUS);
+}
+
+static void bus_watch(struct mij *j, bool on)
+{
+    static bool installed;
+    pthread_mutex_lock(&bus_lock);
+    if (on && !installed) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_sigaction = bus_handler;
+        sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGBUS, &sa, &old_bus);
+        installed = true;
+    }
+    for (unsigned i = 0; i < MIJ_BUS_MAPS; i++) {
+        uintptr_t want = on ? 0 : (uintptr_t)j->base;
+        if (bus_maps[i].base == want) {
+            bus_maps[i].size = j->size;
+            __atomic_store_n(&bus_maps[i].base, on ? (uintptr_t)j->base : 0, __ATOMIC_RELEASE);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&bus_lock);
+}
+
 static int open_fd(const char *jpath, unsigned flags, struct mij **out)
 {
     int fd = open(jpath, ((flags & MIJ_RDONLY) ? O_RDONLY : O_RDWR) | O_CLOEXEC);
@@ -344,6 +406,7 @@ static int open_fd(const char *jpath, unsigned flags, struct mij **out)
     }
     j->fd = fd;
     j->path = strdup(jpath);
+    bus_watch(j, true);
     *out = j;
     return 0;
 }
@@ -359,6 +422,7 @@ void mij_close(struct mij *j)
         return;
     if (j->following)
         mij_unfollow(j);
+    bus_watch(j, false);
     mij_unmap(j);
     if (j->fd >= 0)
         close(j->fd);

@@ -8,7 +8,7 @@ set -e
 pkgs="gcc make pkg-config libqcow-dev zlib1g-dev libzstd-dev libnbd-dev
       bats bats-support bats-assert qemu-utils nbdkit libnbd-bin fio python3 groff-base
       procps util-linux time zsh fish man-db clang-14 libclang-rt-14-dev valgrind
-      gnuplot-nox hyperfine"
+      gnuplot-nox hyperfine binutils"
 missing=
 for p in $pkgs; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"
