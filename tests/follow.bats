@@ -221,3 +221,21 @@ PY
     [ "$st" -eq 3 ]
     grep -q BLOCK_JOB_CANCELLED "$T/events"
 }
+
+@test "follow into an NBD export (nbdkit file plugin) while a writer runs under the shim" {
+    truncate -s 32M "$T/remote.raw"
+    nbdkit_start "$T/nbd.sock" file "$T/remote.raw"
+    "$MI" follow --json --journal "$J" "$T/src.raw" "nbd+unix:///?socket=$T/nbd.sock" > "$T/events" 2> "$T/follow.err" &
+    FOLLOW=$!
+    on_exit "kill -9 $FOLLOW"
+    wait_for grep -q BLOCK_JOB_READY "$T/events" || { cat "$T/follow.err"; fail "follow never got ready"; }
+    under python3 "$W" threads "$T/src.raw" 2
+    under qemu-io -f raw -c 'write -z 1M 256k' "$T/src.raw" >/dev/null
+    run "$MI" complete --pivot "$J.sock"
+    assert_failure 1
+    assert_output --partial "--pivot needs a local file target"
+    run "$MI" complete "$J.sock"
+    assert_success
+    wait $FOLLOW
+    cmp "$T/src.raw" "$T/remote.raw"
+}
