@@ -167,3 +167,31 @@ PY
     assert_line --index 1 --partial '"error"'
     assert_line --index 2 --partial '"return": {"device"'
 }
+
+@test "10% random EIO on source reads under ignore: retried until clean, identical" {
+    nbdkit_start "$T/src.sock" --filter=error file "$T/src.raw" error=EIO error-pread-rate=10%
+    run "$MI" copy --on-source-error=ignore "nbd+unix:///?socket=$T/src.sock" "$T/dst.raw"
+    assert_success
+    cmp "$T/src.raw" "$T/dst.raw"
+}
+
+@test "10% random ENOSPC on target writes under enospc: every pause is resumed, identical" {
+    truncate -s 16M "$T/dst.raw"
+    nbdkit_start "$T/dst.sock" --filter=error file "$T/dst.raw" error=ENOSPC error-pwrite-rate=10%
+    "$MI" copy --json -j 1 --buf-size 64K --on-target-error=enospc --socket "$T/job.sock" \
+        "$T/src.raw" "nbd+unix:///?socket=$T/dst.sock" > "$T/events" &
+    pid=$!
+    pauses=0
+    for _ in $(seq 600); do
+        kill -0 $pid 2>/dev/null || break
+        if "$MI" status --json "$T/job.sock" 2>/dev/null | grep -q '"status": "paused"'; then
+            "$MI" resume "$T/job.sock" && pauses=$((pauses + 1))
+        fi
+        sleep 0.05
+    done
+    wait $pid
+    echo "resumed $pauses times"
+    grep -q '"action": "stop"' "$T/events"
+    grep -q BLOCK_JOB_COMPLETED "$T/events"
+    cmp "$T/src.raw" "$T/dst.raw"
+}
