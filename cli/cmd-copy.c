@@ -263,7 +263,7 @@ static int run_incremental(struct mi_opts *o)
     int code = jsync_check_opts(o);
     if (code)
         return code;
-    struct inc in = {.f = {.o = o, .src_fd = -1, .finish_when_clean = true}};
+    struct inc in = {.f = {.o = o, .src_fd = -1}};
     struct follower *f = &in.f;
     pthread_mutex_init(&f->mu, NULL);
     struct job job;

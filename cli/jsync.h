@@ -15,7 +15,6 @@
 
 struct follower {
     bool following;         /* we hold the journal */
-    bool finish_when_clean; /* copy --incremental: the job ends when nothing is dirty */
     struct mi_opts *o;
     struct mij *j;
     struct job *job;

@@ -51,11 +51,6 @@ void job_event(struct job *job, const char *name, void (*fn)(struct json *j, voi
     json_free(&j);
 }
 
-static void status_member(struct json *j, void *arg)
-{
-    json_str_member(j, "status", job_status_name(*(int *)arg));
-}
-
 void job_set_status(struct job *job, int status)
 {
     if (job->status == status)
@@ -69,7 +64,6 @@ void job_set_status(struct job *job, int status)
     json_str_member(&j, "status", job_status_name(status));
     events_emit("JOB_STATUS_CHANGE", &j);
     json_free(&j);
-    (void)status_member;
 }
 
 /* ---- set-up ---- */
