@@ -388,8 +388,11 @@ static void *worker(void *arg)
     uint64_t max_chunks = job->req_max / job->chunk;
     pthread_mutex_lock(&job->lock);
     for (;;) {
-        while (should_wait(job))
+        while (should_wait(job)) {
+            job->waiters++;
             pthread_cond_wait(&job->cond, &job->lock);
+            job->waiters--;
+        }
         if (job->cancel_req || job->error || job->finished)
             break;
         uint64_t maxc = max_chunks;
@@ -434,7 +437,9 @@ static void *worker(void *arg)
                 ts.tv_sec++;
                 ts.tv_nsec -= 1000000000;
             }
+            job->waiters++;
             pthread_cond_timedwait(&job->cond, &job->lock, &ts);
+            job->waiters--;
             continue;
         }
         job->cursor = first + n;
@@ -461,7 +466,11 @@ static void *worker(void *arg)
             give_back(job, first, n, true);
             __atomic_fetch_add(&job->offset, len, __ATOMIC_RELAXED);
         }
-        pthread_cond_broadcast(&job->cond);
+        /* Wake whoever waits on this request: workers waiting for work, and job_wait's
+         * ticks when a supply feeds the job (they react to each finished request).  A plain
+         * copy's main thread sleeps through to its 100 ms tick: no wake-up per request. */
+        if (r < 0 || job->waiters || job->c.supply)
+            pthread_cond_broadcast(&job->cond);
     }
     pthread_cond_broadcast(&job->cond);
     pthread_mutex_unlock(&job->lock);

@@ -100,6 +100,7 @@ struct job {
     char ignored_msg[512];  /* the last error the ignore policy let pass */
     bool backoff;           /* a worker should pause before retrying (ignore + supply) */
     unsigned active;        /* workers inside a request */
+    unsigned waiters;       /* workers waiting on cond for work or a resume */
     uint64_t requests_done; /* wakes job_wait's ticks */
     unsigned pass;
 

@@ -2,8 +2,8 @@
 # Load: eight writer processes of four threads each write one image under the shim while
 # `follow` runs; then `complete` (the target equals the source) and, with the writers still
 # writing, `complete --pivot` (no write is lost: the target equals a reference that got
-# every write too).  LOAD_SECONDS (default 20) is the writing time of the two rounds
-# together; the issue's minute is LOAD_SECONDS=60.
+# every write too).  LOAD_SECONDS (default 60: a minute of writing) is the writing time
+# of the two rounds together.
 load helpers
 
 NPROC=8
@@ -68,7 +68,7 @@ EOF
 
 setup() {
     J="$T/j"
-    SECS=$(( ${LOAD_SECONDS:-20} / 2 ))
+    SECS=$(( ${LOAD_SECONDS:-60} / 2 ))
     truncate -s ${SIZE_MIB}M "$T/src.raw"
     dd if=/dev/urandom of="$T/src.raw" bs=1M count=16 seek=8 conv=notrunc status=none
 }
