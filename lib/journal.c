@@ -347,15 +347,25 @@ static void bus_handler(int sig, siginfo_t *si, void *uc)
             return;
         }
     }
-    if ((old_bus.sa_flags & SA_SIGINFO) && old_bus.sa_sigaction) {
-        old_bus.sa_sigaction(sig, si, uc);
+    mij_sigbus_pass(sig, si, uc, &old_bus);
+}
+
+void mij_sigbus_pass(int sig, siginfo_t *si, void *uc, const struct sigaction *old)
+{
+    if ((old->sa_flags & SA_SIGINFO) && old->sa_sigaction) {
+        old->sa_sigaction(sig, si, uc);
         return;
     }
-    if (old_bus.sa_handler != SIG_DFL && old_bus.sa_handler != SIG_IGN) {
-        old_bus.sa_handler(sig);
+    if (old->sa_handler != SIG_DFL && old->sa_handler != SIG_IGN) {
+        old->sa_handler(sig);
         return;
     }
-    signal(SIGBUS, SIG_DFL);
+    /* Default action: uninstall the handler; a fault happens again on return and kills as
+     * it would have; a sent signal is raised again. */
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    sigaction(SIGBUS, &dfl, NULL);
     if (si->si_code <= 0)
         raise(SIGBUS);
 }

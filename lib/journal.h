@@ -66,6 +66,7 @@
 #ifndef MI_JOURNAL_H
 #define MI_JOURNAL_H
 
+#include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -490,6 +491,10 @@ int mij_proc_stat(int pid, char *state, uint64_t *start_ticks);
 bool mij_pid_alive(int pid, uint64_t start_ticks);
 
 extern char mij_errbuf[512];
+
+/* A SIGBUS handler that did not own the fault: pass it to the handler it replaced (old),
+ * or take the default action.  Shared by the follower's journal guard and the shim's. */
+void mij_sigbus_pass(int sig, siginfo_t *si, void *uc, const struct sigaction *old);
 
 #ifndef MI_SHIM
 /* ------------------------------------------------------------------------------------

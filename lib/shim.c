@@ -1217,22 +1217,7 @@ static void bus_handler(int sig, siginfo_t *si, void *uc)
         say("journal ", "truncated under this process: ", "not journaling any more");
         return;
     }
-    if ((old_bus.sa_flags & SA_SIGINFO) && old_bus.sa_sigaction) {
-        old_bus.sa_sigaction(sig, si, uc);
-        return;
-    }
-    if (old_bus.sa_handler != SIG_DFL && old_bus.sa_handler != SIG_IGN) {
-        old_bus.sa_handler(sig);
-        return;
-    }
-    /* Default action: uninstall ourselves; a fault happens again on return and kills as
-     * it would have; a sent signal is raised again. */
-    struct sigaction dfl;
-    memset(&dfl, 0, sizeof dfl);
-    dfl.sa_handler = SIG_DFL;
-    sigaction(SIGBUS, &dfl, NULL);
-    if (si->si_code <= 0)
-        raise(SIGBUS);
+    mij_sigbus_pass(sig, si, uc, &old_bus);
 }
 
 static void install_bus_handler(void)
