@@ -41,6 +41,7 @@ static void tick(struct job *job, void *arg)
     struct mi_opts *o = arg;
     if (got_signal)
         job_cancel(job);
+    mi_error_pause_tick(job, o);
     mi_progress_tick(job, o);
 }
 
@@ -193,6 +194,7 @@ static void inc_tick(struct job *job, void *arg)
         job_cancel(job);
         return;
     }
+    mi_error_pause_tick(job, f->o);
     if (in->settled)
         return;
     if (jsync_renew(f) < 0 || jsync_follow_size(f) < 0 || mij_check_alive(f->j) < 0) {
@@ -318,12 +320,7 @@ static int run_incremental(struct mi_opts *o)
     }
     if (r < 0)
         goto out;
-    struct stat st = {0};
-    if (!f->dst_is_file || stat(o->args[1], &st) == 0) {
-        if (!f->dst_is_file)
-            st.st_size = (off_t)f->dst->size;
-        mij_target_set(f->j, o->args[1], &st);
-    }
+    jsync_record_target(f);
     job.offset = job.len;
     job_set_status(&job, JOB_PENDING);
     job_event(&job, "BLOCK_JOB_COMPLETED", inc_members, &in);
@@ -335,19 +332,7 @@ static int run_incremental(struct mi_opts *o)
     }
     code = MI_EXIT_OK;
 out:
-    if (code == MI_EXIT_FAIL)
-        cli_error_last();
-    control_stop(sock);
-    if (job_ok) {
-        job_set_status(&job, JOB_CONCLUDED);
-        job_destroy(&job);
-    }
-    if (f->dst && ep_close(f->dst) < 0 && code == MI_EXIT_OK) {
-        cli_error_last();
-        code = MI_EXIT_FAIL;
-    }
-    jsync_end(f);
-    return code;
+    return jsync_close(f, &job, job_ok, sock, code);
 }
 
 static int run_copy(int argc, char **argv)

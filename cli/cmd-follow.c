@@ -212,6 +212,7 @@ static void tick(struct job *job, void *arg)
         job_cancel(job);
         return;
     }
+    mi_error_pause_tick(job, f->o);
     jsync_renew(f);
     pthread_mutex_lock(&f->mu);
     bool completing = f->completing;
@@ -305,14 +306,13 @@ static int run_follow(int argc, char **argv)
     struct follower f = {.o = &o, .src_fd = -1};
     pthread_mutex_init(&f.mu, NULL);
     struct job job;
-    bool job_ok = false, following = false;
+    bool job_ok = false;
     struct control *sock = NULL;
     code = MI_EXIT_FAIL;
 
     const char *full_reason = NULL;
     if (jsync_begin(&f, true, &full_reason) < 0)
         goto out;
-    following = true;
     if (full_reason && strcmp(full_reason, "new target") && !o.quiet)
         cli_error("%s: copying everything: %s", o.journal, full_reason);
 
@@ -338,8 +338,10 @@ static int run_follow(int argc, char **argv)
     }
     char defsock[PATH_MAX];
     snprintf(defsock, sizeof defsock, "%s.sock", o.journal);
+    if (!o.socket)
+        o.socket = defsock;
     struct jobctl ctl = {.job = &job, .extra = follow_extra, .query_extra = NULL, .ctx = &f};
-    if (!(sock = control_start(o.socket ? o.socket : defsock, jobctl_handle, &ctl)))
+    if (!(sock = control_start(o.socket, jobctl_handle, &ctl)))
         goto out;
     if (o.json)
         events_enable(stdout);
@@ -374,20 +376,7 @@ static int run_follow(int argc, char **argv)
                 (unsigned long long)f.downtime_ms);
     code = MI_EXIT_OK;
 out:
-    if (code == MI_EXIT_FAIL)
-        cli_error_last();
-    control_stop(sock);
-    if (job_ok) {
-        job_set_status(&job, JOB_CONCLUDED);
-        job_destroy(&job);
-    }
-    if (f.dst && ep_close(f.dst) < 0 && code == MI_EXIT_OK) {
-        cli_error_last();
-        code = MI_EXIT_FAIL;
-    }
-    jsync_end(&f);
-    (void)following;
-    return code;
+    return jsync_close(&f, &job, job_ok, sock, code);
 }
 
 static const struct cli_cmd cmd_follow = {"follow", "mirror an image while programs write it", &follow_argp, run_follow};

@@ -1,5 +1,6 @@
 /* jsync.c: see jsync.h. */
 #include "jsync.h"
+#include "control.h"
 #include "util.h"
 
 #include <errno.h>
@@ -307,13 +308,35 @@ int jsync_begin(struct follower *f, bool untrusted_fails, const char **full_reas
     mij_source_observe(f->j, f->src_fd);
     /* The journal now holds everything the target lacks: record the target so that a
      * run killed from here on resumes. */
-    struct stat dst_st = {0};
-    if (!f->dst_is_file || stat(o->args[1], &dst_st) == 0) {
-        if (!f->dst_is_file)
-            dst_st.st_size = (off_t)f->dst->size;
-        mij_target_set(f->j, o->args[1], &dst_st);
-    }
+    jsync_record_target(f);
     return 0;
+}
+
+void jsync_record_target(struct follower *f)
+{
+    struct stat st = {0};
+    if (!f->dst_is_file || stat(f->o->args[1], &st) == 0) {
+        if (!f->dst_is_file)
+            st.st_size = (off_t)f->dst->size;
+        mij_target_set(f->j, f->o->args[1], &st);
+    }
+}
+
+int jsync_close(struct follower *f, struct job *job, bool job_ok, struct control *sock, int code)
+{
+    if (code == MI_EXIT_FAIL)
+        cli_error_last();
+    control_stop(sock);
+    if (job_ok) {
+        job_set_status(job, JOB_CONCLUDED);
+        job_destroy(job);
+    }
+    if (f->dst && ep_close(f->dst) < 0 && code == MI_EXIT_OK) {
+        cli_error_last();
+        code = MI_EXIT_FAIL;
+    }
+    jsync_end(f);
+    return code;
 }
 
 void jsync_end(struct follower *f)

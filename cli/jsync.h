@@ -58,5 +58,12 @@ int jsync_begin(struct follower *f, bool untrusted_fails, const char **full_reas
 int jsync_check_opts(struct mi_opts *o);
 /* Close the source and the journal (stop following).  The target is the caller's. */
 void jsync_end(struct follower *f);
+/* Record the target (path, identity, size) in the journal: the next run resumes into it. */
+void jsync_record_target(struct follower *f);
+/* The common end of follow and copy --incremental: report a failure (code MI_EXIT_FAIL),
+ * stop the control socket, conclude and destroy the job (job_ok), close the target (a
+ * failed close turns success into MI_EXIT_FAIL) and jsync_end.  Returns the exit code. */
+struct control;
+int jsync_close(struct follower *f, struct job *job, bool job_ok, struct control *sock, int code);
 
 #endif
