@@ -104,6 +104,11 @@ def make_images(d, disk):
     img = {}
     img["raw"] = f"{d}/disk.raw"
     write_raw(img["raw"], 2 * GiB, half_data(pool, 2048))
+    # What the floor program writes: the non-zero runs, the bytes every tool must write.
+    img["layout"] = f"{d}/disk.layout"
+    zero = bytes(MiB)
+    with open(img["layout"], "w") as f:
+        f.writelines(f"{off} {len(data)}\n" for off, data in half_data(pool, 2048) if data != zero)
     img["qcow2"] = f"{d}/disk.qcow2"
     convert(img["raw"], img["qcow2"], zero_runs=zeros_of(half_data(pool, 2048)))
     # 256 GiB with 1 GiB of data (1 MiB every 256 MiB), and the same bytes packed into
@@ -151,6 +156,11 @@ def tool_cmd(tool, src, sfmt, dst, dfmt, durable, mi):
         if sfmt == "raw":
             return ["nbdcopy", *f, src, dst]
         return ["nbdcopy", *f, "--", "[", "qemu-nbd", "-r", "-f", sfmt, src, "]", dst]
+    if tool == "floor":
+        if not FLOOR.get("bin") or src not in FLOOR["layouts"] or dfmt != "raw":
+            return None
+        return [FLOOR["bin"], FLOOR["layouts"][src], dst, str(os.path.getsize(src)),
+                *(["sync"] if durable else [])]
     if tool == "cp":
         if sfmt != "raw" or dfmt != "raw":
             return None
@@ -207,7 +217,11 @@ def verify(src, sfmt, dst, dfmt):
             raise SystemExit(f"bench: {dst}: qemu-img check failed: {p.stdout.decode()}")
 
 
-TOOLS = ["mirror-img", "nbdcopy", "qemu-img", "cp"]
+TOOLS = ["mirror-img", "nbdcopy", "qemu-img", "cp", "floor"]
+# floor (tests/bench/floor.c): not a peer but the bound under every tool: one thread
+# writing the same non-zero bytes into a new file from memory, reading nothing.
+FLOOR = {"bin": None, "layouts": {}}
+NOT_PEERS = ("mirror-img", "floor")
 
 
 def run_case(case, args, tf):
@@ -245,7 +259,7 @@ def run_case(case, args, tf):
         res[t]["peak_rss_kib"] = max(res[t]["rss_kib"])
         res[t]["command"] = " ".join(cmds[t])
     for what, key in (("median_wall", "ratio_to_fastest_peer"), ("median_cpu", "cpu_ratio_to_leanest_peer")):
-        peers = [res[t][what] for t in res if t != "mirror-img"]
+        peers = [res[t][what] for t in res if t not in NOT_PEERS]
         best = min(peers) if peers else None
         for t in res:
             res[t][key] = round(res[t][what] / best, 3) if best else None
@@ -311,6 +325,14 @@ def table(results, tg):
     lines.append("wall/peer, cpu/peer: median over the fastest (leanest) of the other tools.  stall: "
                  "the machine's CPU pressure\nduring the case (PSI; other load makes wall times "
                  "noisy, CPU times much less so).")
+    lines.append("")
+    for c in results:
+        f, m = c["tools"].get("floor"), c["tools"].get("mirror-img")
+        if f and m:
+            lines.append(f"floor, {c['case']} [{c['fs']}]: {f['median_wall']:.3f} s wall, "
+                         f"{f['median_cpu']:.2f} s CPU: one thread writing the same non-zero "
+                         f"bytes from memory, reading nothing; mirror-img takes "
+                         f"{m['median_wall'] / f['median_wall']:.2f}x its wall time.")
     lines.append("")
     lines.append("targets (tmpfs, medians of the same run):")
     for t in tg:
@@ -392,6 +414,7 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", default="", help="comma-separated case names (default: all)")
+    ap.add_argument("--floor", default="", help="the floor program (tests/bench/floor.c)")
     ap.add_argument("--follow-script", default="", help="script printing the follow figures")
     args = ap.parse_args()
     t_start = time.time()
@@ -400,6 +423,10 @@ def main():
           flush=True)
     img, gen_s = make_images(args.tmpfs, args.disk)
     print(f"bench: images ready in {gen_s:.1f} s", flush=True)
+    FLOOR["bin"] = args.floor or None
+    FLOOR["layouts"] = {img["raw"]: img["layout"]}
+    if "disk-raw" in img:
+        FLOOR["layouts"][img["disk-raw"]] = img["layout"]
     all4, qi = TOOLS, ["mirror-img", "qemu-img"]
     cases = [
         ("raw->raw", "tmpfs", img["raw"], "raw", "raw", all4),

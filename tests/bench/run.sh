@@ -51,10 +51,15 @@ if [ "${BENCH_FOLLOW:-1}" != 0 ] && [ -z "${BENCH_ONLY:-}" ] && [ -f "$top/tests
 fi
 # Bench a private copy: a rebuild of build/ during the run must not change the binary.
 cp "$MI" "$tmp/mirror-img"
+# The floor: one thread writing the same bytes from memory (tests/bench/floor.c).
+floor=
+if command -v cc >/dev/null && cc -O2 -o "$tmp/floor" "$top/tests/bench/floor.c"; then
+    floor=$tmp/floor
+fi
 start=$(date +%s)
 rc=0
 python3 "$top/tests/bench/bench.py" --mi "$tmp/mirror-img" --tmpfs "$tmp" ${disk:+--disk "$disk"} \
-    --out "$out" --rounds "${BENCH_ROUNDS:-3}" ${BENCH_ONLY:+--only "$BENCH_ONLY"} \
+    --out "$out" --rounds "${BENCH_ROUNDS:-3}" ${BENCH_ONLY:+--only "$BENCH_ONLY"} ${floor:+--floor "$floor"} \
     ${follow:+--follow-script "$follow"} || rc=$?
 if [ "${BENCH_NBD:-1}" != 0 ]; then
     echo "== NBD: to nbdkit memory with 1 ms added latency (target: mirror-img <= 0.9 x nbdcopy)"
