@@ -3,6 +3,7 @@
 #include "util.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -287,6 +288,29 @@ void mi_progress_tick(struct job *job, void *arg)
     drawn = true;
     if (final && drawn)
         fputc('\n', stderr);
+}
+
+void mi_error_pause_tick(struct job *job, const struct mi_opts *o)
+{
+    static unsigned seen;
+    char msg[sizeof job->pause_msg];
+    pthread_mutex_lock(&job->lock);
+    unsigned n = job->error_pauses;
+    bool target = job->pause_on_target;
+    snprintf(msg, sizeof msg, "%s", job->pause_msg);
+    pthread_mutex_unlock(&job->lock);
+    if (n == seen)
+        return;
+    seen = n;
+    const char *side = target ? "target" : "source";
+    int policy = target ? o->on_target_error : o->on_source_error;
+    if (o->socket)
+        cli_error("%s; job paused (--on-%s-error=%s): 'mirror-img resume %s' retries, "
+                  "'mirror-img cancel %s' gives up", msg, side, job_policy_name(policy),
+                  o->socket, o->socket);
+    else
+        cli_error("%s; job paused (--on-%s-error=%s) with no --socket to resume it: "
+                  "SIGINT or SIGTERM cancels", msg, side, job_policy_name(policy));
 }
 
 bool mi_same_file(const char *a, const char *b)

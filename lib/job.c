@@ -316,6 +316,9 @@ static void on_error(struct job *job, uint64_t first, uint64_t n, const struct w
         info.action = "stop";
         give_back(job, first, n, false);
         job->error_paused = true;
+        job->error_pauses++;
+        job->pause_on_target = e->target;
+        snprintf(job->pause_msg, sizeof job->pause_msg, "%s", mi_lasterr());
         job_event(job, "BLOCK_JOB_ERROR", err_members, &info);
         job_set_status(job, JOB_PAUSED);
         return;

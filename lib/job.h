@@ -98,6 +98,9 @@ struct job {
     int error;              /* first fatal error (-errno) */
     char error_msg[1024];
     char ignored_msg[512];  /* the last error the ignore policy let pass */
+    unsigned error_pauses;  /* pauses on an error (stop, enospc): the CLI says so */
+    bool pause_on_target;   /* the last of them: a target error (else a source one) */
+    char pause_msg[1024];   /* ... and its message */
     bool backoff;           /* a worker should pause before retrying (ignore + supply) */
     unsigned active;        /* workers inside a request */
     unsigned waiters;       /* workers waiting on cond for work or a resume */
