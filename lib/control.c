@@ -93,10 +93,31 @@ static bool peer_ok(int fd)
     return cr.uid == geteuid() || cr.uid == 0;
 }
 
+/* A refused peer is answered at once, before it sends anything.  Its request is then read
+ * and dropped (for at most a second, so a silent peer cannot hold the socket): closing with
+ * the request unread would make the peer's send fail (EPIPE) or reset its connection, and
+ * it would see that instead of the answer. */
+static void refuse(struct control *c, int fd)
+{
+    reply_line(fd, "{\"error\": {\"class\": \"GenericError\", \"desc\": \"permission denied\"}}\n");
+    shutdown(fd, SHUT_WR);
+    uint64_t deadline = mi_now_ns() + 1000000000ULL;
+    char buf[512];
+    for (uint64_t now; (now = mi_now_ns()) < deadline;) {
+        struct pollfd p[2] = {{fd, POLLIN, 0}, {c->stop_pipe[0], POLLIN, 0}};
+        if (poll(p, 2, (int)((deadline - now) / 1000000 + 1)) <= 0 || (p[1].revents & POLLIN))
+            return;
+        ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN) ||
+            (n > 0 && memchr(buf, '\n', (size_t)n)))
+            return;
+    }
+}
+
 static void serve_client(struct control *c, int fd)
 {
     if (!peer_ok(fd)) {
-        reply_line(fd, "{\"error\": {\"class\": \"GenericError\", \"desc\": \"permission denied\"}}\n");
+        refuse(c, fd);
         return;
     }
     char buf[4096];
@@ -228,11 +249,15 @@ int control_call(const char *path, const char *request, char **reply)
         return mi_seterr(e, "%s: cannot connect: %s%s", path, strerror(e),
                          e == ENOENT || e == ECONNREFUSED ? " (is the job running?)" : "");
     }
+    /* A job that refuses us answers and closes, maybe before our request is sent: a send
+     * that finds the connection gone is not the end, the answer may be waiting. */
     size_t len = strlen(request);
     if (send(fd, request, len, MSG_NOSIGNAL) != (ssize_t)len || send(fd, "\n", 1, MSG_NOSIGNAL) != 1) {
         int e = errno;
-        close(fd);
-        return mi_seterr(e, "%s: cannot send: %s", path, strerror(e));
+        if (e != EPIPE && e != ECONNRESET) {
+            close(fd);
+            return mi_seterr(e, "%s: cannot send: %s", path, strerror(e));
+        }
     }
     size_t cap = 4096, have = 0;
     char *buf = malloc(cap);
@@ -254,9 +279,11 @@ int control_call(const char *path, const char *request, char **reply)
             break;
     }
     close(fd);
-    if (!buf || have == 0) {
+    if (!buf)
+        return mi_seterr(ENOMEM, "out of memory");
+    if (have == 0) {
         free(buf);
-        return mi_seterr(EIO, "%s: no answer from the job", path);
+        return mi_seterr(EIO, "%s: the job closed the connection without answering", path);
     }
     buf[have] = '\0';
     char *nl = strchr(buf, '\n');

@@ -54,12 +54,24 @@ needs_nobody() {
     run as_nobody "$MI" status "$PUB/job.sock"
     assert_failure 1
     assert_output --regexp "^mirror-img: .*job.sock.*Permission denied"
-    # Even when the mode lets it connect, the server checks who is on the other end: the
-    # request is refused (the client sees the answer, or the connection closed under it).
+    # Even when the mode lets it connect, the server checks who is on the other end and
+    # answers with an error, which the client shows (every time: the server answers before
+    # it closes, and the client reads the answer even if its own send found the
+    # connection closed).
     chmod 0666 "$PUB/job.sock"
-    run as_nobody "$MI" cancel "$PUB/job.sock"
-    assert_failure 1
-    assert_output --regexp "^mirror-img: .*(permission denied|Broken pipe|Connection reset)"
+    for cmd in cancel pause status cancel pause status cancel pause status cancel; do
+        run as_nobody "$MI" $cmd "$PUB/job.sock"
+        assert_failure 1
+        assert_output "mirror-img: $PUB/job.sock: permission denied"
+    done
+    # The raw answer is QMP-shaped (python drops to nobody itself: it may live under /root).
+    run python3 - "$PUB/job.sock" <<'PY'
+import os, socket, sys
+os.setgroups([]); os.setgid(65534); os.setuid(65534)
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
+print(s.makefile().readline().strip())
+PY
+    assert_output '{"error": {"class": "GenericError", "desc": "permission denied"}}'
     run "$MI" status --json "$PUB/job.sock"
     assert_success
     assert_output --partial '"status": "running"'
@@ -67,6 +79,36 @@ needs_nobody() {
     st=0
     wait $pid || st=$?
     [ "$st" -eq 3 ]
+}
+
+@test "a control client whose job closes the connection says so (no EPIPE, no SIGPIPE)" {
+    # A stand-in job: per connection, close at once; read the request and close without an
+    # answer; answer at once and close without reading the request.
+    python3 - "$T/fake.sock" close read answer <<'PY' &
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.bind(sys.argv[1])
+s.listen(8)
+for mode in sys.argv[2:]:
+    c, _ = s.accept()
+    if mode == "read":
+        c.makefile().readline()
+    elif mode == "answer":
+        c.sendall(b'{"error": {"class": "GenericError", "desc": "permission denied"}}\n')
+    c.close()
+PY
+    fake=$!
+    on_exit "kill $fake"
+    wait_for test -S "$T/fake.sock"
+    for _ in 1 2; do
+        run "$MI" pause "$T/fake.sock"
+        assert_failure 1
+        assert_output "mirror-img: $T/fake.sock: the job closed the connection without answering"
+    done
+    run "$MI" cancel "$T/fake.sock"
+    assert_failure 1
+    assert_output "mirror-img: $T/fake.sock: permission denied"
+    wait $fake
 }
 
 @test "backing files with a protocol prefix or a json: name are refused, nothing is opened" {
