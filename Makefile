@@ -29,7 +29,9 @@ UNIT_SRC := $(wildcard tests/unit/test-*.c)
 UNIT_BIN := $(patsubst tests/unit/%.c,$(B)/tests/%,$(UNIT_SRC))
 HDRS := $(wildcard lib/*.h formats/*.h cli/*.h)
 
-all: $(B)/mirror-img $(B)/mirror-img-shim.so $(UNIT_BIN)
+FAULT_LIB := $(B)/tests/shortio.so
+
+all: $(B)/mirror-img $(B)/mirror-img-shim.so $(UNIT_BIN) $(FAULT_LIB)
 
 # Install missing Debian packages (build and test dependencies) when run as root.
 deps: $(B)/.deps
@@ -49,6 +51,12 @@ $(B)/mirror-img-shim.so: $(SHIM_SRC) lib/journal.h | $(B)/.deps
 	@mkdir -p $(B)
 	$(CC) -std=gnu11 -Wall -Wextra -D_GNU_SOURCE -Ilib -O2 -g -fPIC -shared \
 		-fvisibility=hidden -DMI_SHIM -o $@ $(SHIM_SRC) -ldl $(EXTRA_SHIM_FLAGS)
+
+# The fault-injection library of tests/faults.bats (short reads and writes, EINTR): libc only.
+$(FAULT_LIB): tests/faults/shortio.c | $(B)/.deps
+	@mkdir -p $(dir $@)
+	$(CC) -std=gnu11 -Wall -Wextra -D_GNU_SOURCE -O2 -g -fPIC -shared -fvisibility=hidden \
+		-o $@ $< -ldl
 
 $(B)/tests/%: tests/unit/%.c $(CORE_OBJ) tests/unit/tap.h
 	@mkdir -p $(dir $@)

@@ -21,15 +21,17 @@ const char *ep_probe(const char *path)
         mi_seterr(errno, "%s: cannot open: %s", path, strerror(errno));
         return NULL;
     }
+    /* Retried until complete: one short or interrupted read would probe an image as
+     * raw.  A file shorter than the magic and version is raw. */
     unsigned char hdr[8];
-    ssize_t n = pread(fd, hdr, sizeof hdr, 0);
-    int err = errno;
+    struct stat st;
+    int e = fstat(fd, &st) < 0 ? -errno : mi_pread_full(fd, hdr, sizeof hdr, 0);
     close(fd);
-    if (n < 0) {
-        mi_seterr(err, "%s: cannot read: %s", path, strerror(err));
+    if (e < 0) {
+        mi_seterr(-e, "%s: cannot read: %s", path, strerror(-e));
         return NULL;
     }
-    if (n >= 8 && !memcmp(hdr, "QFI\xfb", 4)) {
+    if ((!S_ISREG(st.st_mode) || st.st_size >= 8) && !memcmp(hdr, "QFI\xfb", 4)) {
         uint32_t version = mi_be32(hdr + 4);
         return version == 1 ? "qcow" : "qcow2";
     }

@@ -89,13 +89,26 @@ static int read_password(const char *name, const char *path, char *pw, size_t si
     if (fd < 0)
         return mi_seterr(errno, "%s: cannot open the password file %s: %s", name, path,
                          strerror(errno));
-    ssize_t n = read(fd, pw, size - 1);
-    int err = errno;
+    /* Read up to the first newline: a pipe (or an interrupted read) may hand the
+     * password over in pieces. */
+    size_t got = 0;
+    int err = 0;
+    while (got < size - 1 && !memchr(pw, '\n', got)) {
+        ssize_t n = read(fd, pw + got, size - 1 - got);
+        if (n > 0)
+            got += (size_t)n;
+        else if (n == 0)
+            break;
+        else if (errno != EINTR) {
+            err = errno;
+            break;
+        }
+    }
     close(fd);
-    if (n < 0)
+    if (err)
         return mi_seterr(err, "%s: cannot read the password file %s: %s", name, path,
                          strerror(err));
-    pw[n] = '\0';
+    pw[got] = '\0';
     pw[strcspn(pw, "\r\n")] = '\0';
     if (!pw[0])
         return mi_seterr(EINVAL, "%s: the password file %s is empty", name, path);
