@@ -150,6 +150,28 @@ static void completed_members(struct json *j, void *arg)
 }
 
 /* --verify: read both back and compare. */
+/* copy is offline: a source file written while it was read leaves a target that is not a
+ * copy of any one moment (a shrunk source even reads as zeros past its new end).  Its
+ * size, modification time and identity must be what they were when it was opened. */
+static int check_source_unchanged(const char *path, const struct stat *before)
+{
+    struct stat now;
+    if (stat(path, &now) < 0)
+        return mi_seterr(errno, "%s: cannot stat after the copy: %s", path, strerror(errno));
+    if (now.st_dev != before->st_dev || now.st_ino != before->st_ino)
+        return mi_seterr(ESTALE, "%s: was replaced during the copy: the target is not a copy "
+                         "of it", path);
+    if (now.st_size != before->st_size)
+        return mi_seterr(ESTALE, "%s: changed size during the copy (%lld -> %lld bytes): the "
+                         "target is not a copy of it", path, (long long)before->st_size,
+                         (long long)now.st_size);
+    if (now.st_mtim.tv_sec != before->st_mtim.tv_sec ||
+        now.st_mtim.tv_nsec != before->st_mtim.tv_nsec)
+        return mi_seterr(ESTALE, "%s: was written during the copy: the target is not a "
+                         "consistent copy of it (use follow for an image in use)", path);
+    return 0;
+}
+
 static int verify(struct ep *src, struct ep *dst)
 {
     const uint64_t step = 4 * MI_MiB;
@@ -356,6 +378,9 @@ static int run_copy(int argc, char **argv)
         cli_error_last();
         return MI_EXIT_FAIL;
     }
+    struct stat src_st;
+    bool src_file = !ep_is_nbd_uri(o.args[0]) && stat(o.args[0], &src_st) == 0 &&
+                    S_ISREG(src_st.st_mode);
     struct ep_info si;
     if (ep_get_info(src, &si, false) < 0) {
         cli_error_last();
@@ -396,6 +421,8 @@ static int run_copy(int argc, char **argv)
     }
     if (r == 0)
         r = t.ep->ops->flush(t.ep);
+    if (r == 0 && src_file)
+        r = check_source_unchanged(o.args[0], &src_st);
     if (r == 0 && o.verify)
         r = verify(src, t.ep);
     control_stop(sock);

@@ -153,3 +153,29 @@ assert d["len"] == d["offset"] and d["duration_ms"] >= 0 and d["device"].endswit
     assert_success
     cmp "$T/src.raw" "$dev"
 }
+
+@test "copy: a source that shrinks or is written during the copy fails (exit 1), no target left" {
+    # -s keeps the copy running about two seconds: the source changes under it.
+    "$MI" copy -s 2M "$T/src.raw" "$T/dst.raw" 2> "$T/err" &
+    pid=$!
+    on_exit "kill -9 $pid"
+    sleep 0.5
+    truncate -s 32M "$T/src.raw"
+    rc=0
+    wait $pid || rc=$?
+    [ "$rc" -eq 1 ]
+    grep -q "src.raw: changed size during the copy (67108864 -> 33554432 bytes)" "$T/err"
+    [ ! -e "$T/dst.raw" ]
+
+    truncate -s 64M "$T/src.raw"
+    "$MI" copy -s 2M "$T/src.raw" "$T/dst.raw" 2> "$T/err" &
+    pid=$!
+    on_exit "kill -9 $pid"
+    sleep 0.5
+    dd if=/dev/urandom of="$T/src.raw" bs=4K count=1 seek=300 conv=notrunc status=none
+    rc=0
+    wait $pid || rc=$?
+    [ "$rc" -eq 1 ]
+    grep -q "src.raw: was written during the copy" "$T/err"
+    [ ! -e "$T/dst.raw" ]
+}
