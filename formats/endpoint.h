@@ -34,6 +34,7 @@ enum ep_kind {
 #define EP_CAP_ZERO 2u         /* zero is efficient (punch, zero cluster, NBD zero) */
 #define EP_CAP_IS_ZERO 4u      /* a freshly created target: reads as zeros everywhere */
 #define EP_CAP_FUA 8u          /* reserved */
+#define EP_CAP_ONE_WRITER 16u  /* writes serialize (one file): the job pipes them to one thread */
 
 struct ep;
 struct ep_info;

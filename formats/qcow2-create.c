@@ -1037,7 +1037,9 @@ static struct qw *qw_new(const char *name, const struct ep_create_opts *o, int v
     q->csize_mask = (1ull << (q->cluster_bits - 8)) - 1;
     q->coff_mask = (1ull << q->csize_shift) - 1;
     q->eof = q->cs; /* cluster 0: the header */
-    q->ep.caps = EP_CAP_BLOCK_STATUS | EP_CAP_ZERO | (q->has_backing ? 0 : EP_CAP_IS_ZERO);
+    /* Data writes serialize on wlock; with -c the writers compress first, in parallel. */
+    q->ep.caps = EP_CAP_BLOCK_STATUS | EP_CAP_ZERO | (q->has_backing ? 0 : EP_CAP_IS_ZERO) |
+                 (q->compress ? 0 : EP_CAP_ONE_WRITER);
     if (!(q->ep.name = strdup(name)) ||
         !(q->l2 = calloc(mi_max(q->l1_size, 1), sizeof *q->l2)) ||
         (o->backing_file && !(q->backing_file = strdup(o->backing_file))) ||

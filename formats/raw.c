@@ -274,6 +274,7 @@ static struct ep *raw_from_fd(const char *name, int fd, bool writable)
         r->can_punch = false; /* a discard may not read back as zeros */
     } else if (S_ISREG(st.st_mode)) {
         r->is_reg = true;
+        r->ep.caps |= EP_CAP_ONE_WRITER;
         r->ep.size = (uint64_t)st.st_size;
         r->ep.align = st.st_blksize > 512 && st.st_blksize <= 65536 ? (uint32_t)st.st_blksize : 4096;
         if (!mi_is_pow2(r->ep.align))

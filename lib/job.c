@@ -25,6 +25,26 @@ int job_policy_parse(const char *s)
     return -1;
 }
 
+/* A request: a run of dirty chunks [first, first+n), bytes [off, off+len), read into buf
+ * (cls: the kind of each unit). */
+struct job_req {
+    struct job_req *next;
+    char *buf;
+    uint8_t *cls;
+    uint64_t first, n, off, len;
+};
+
+static void pipe_end(struct job *job);
+static void req_fini(struct job_req *q);
+
+/* Wake every waiting thread: a state change (pause, resume, cancel, error, the end). */
+static void wake_all(struct job *job)
+{
+    pthread_cond_broadcast(&job->cond);
+    pthread_cond_broadcast(&job->pipe_cond);
+    pthread_cond_broadcast(&job->buf_cond);
+}
+
 static void sleep_ns(uint64_t ns)
 {
     struct timespec ts = {(time_t)(ns / 1000000000ULL), (long)(ns % 1000000000ULL)};
@@ -110,13 +130,19 @@ int job_init(struct job *job, const struct job_config *c)
         job->unit = (uint32_t)job->chunk;
     job->nchunks = (job->size + job->chunk - 1) / job->chunk;
     job->nworkers = c->threads ? c->threads : 1;
+    /* The write pipe: with more than one worker, no supply (follow and incremental keep
+     * each request in one worker) and a target that takes one writer at a time. */
+    job->pipe = job->nworkers > 1 && !c->supply && (c->dst->caps & EP_CAP_ONE_WRITER);
     uint64_t buf = c->buf_size ? c->buf_size : 16 * MI_MiB;
-    job->req_max = mi_round_down(mi_min(buf / job->nworkers, 8 * MI_MiB), job->chunk);
+    job->req_max = mi_round_down(mi_min(buf / (job->nworkers + job->pipe), 8 * MI_MiB),
+                                 job->chunk);
     if (job->req_max < job->chunk)
         job->req_max = job->chunk;
     job->need_zero_write = c->sync_top || !(c->target_is_zero || (c->dst->caps & EP_CAP_IS_ZERO));
     pthread_mutex_init(&job->lock, NULL);
     pthread_cond_init(&job->cond, NULL);
+    pthread_cond_init(&job->pipe_cond, NULL);
+    pthread_cond_init(&job->buf_cond, NULL);
     pthread_mutex_init(&job->bucket_lock, NULL);
     bucket_init(&job->bucket, c->speed, mi_now_ns());
     job->status = JOB_CREATED;
@@ -136,11 +162,17 @@ int job_init(struct job *job, const struct job_config *c)
 
 void job_destroy(struct job *job)
 {
+    pipe_end(job);
+    for (unsigned i = 0; i < job->pipe_nreqs; i++)
+        req_fini(&job->pipe_reqs[i]);
+    free(job->pipe_reqs);
     bitmap_free(&job->dirty);
     bitmap_free(&job->failed);
     free(job->threads);
     pthread_mutex_destroy(&job->lock);
     pthread_cond_destroy(&job->cond);
+    pthread_cond_destroy(&job->pipe_cond);
+    pthread_cond_destroy(&job->buf_cond);
     pthread_mutex_destroy(&job->bucket_lock);
 }
 
@@ -233,11 +265,12 @@ static int write_units(struct job *job, const char *buf, uint64_t off, uint64_t 
     return 0;
 }
 
-/* Copy [off, off+len) (chunk aligned; may end at the image's end). */
-static int copy_range(struct job *job, char *buf, uint8_t *cls, uint64_t off, uint64_t len,
+/* Read what [off, off+len) holds into buf (buf mirrors the range: the data at off+k is
+ * at buf+k), after classifying it into cls.  Chunk aligned; may end at the image's end. */
+static int read_range(struct job *job, char *buf, uint8_t *cls, uint64_t off, uint64_t len,
                       struct werr *e)
 {
-    struct ep *src = job->c.src, *dst = job->c.dst;
+    struct ep *src = job->c.src;
     int r = classify(job, off, len, cls);
     if (r < 0) {
         e->rc = r, e->target = false;
@@ -251,15 +284,33 @@ static int copy_range(struct job *job, char *buf, uint8_t *cls, uint64_t off, ui
         uint64_t a = off + u * job->unit, b = mi_min(off + v * job->unit, off + len);
         if (cls[u] == U_DATA) {
             throttle(job, b - a);
-            r = src->ops->pread(src, buf, b - a, a);
+            r = src->ops->pread(src, buf + (a - off), b - a, a);
             if (r < 0) {
                 e->rc = r, e->target = false;
                 return r;
             }
-            if (write_units(job, buf, a, b - a, e) < 0)
+        }
+        u = v;
+    }
+    return 0;
+}
+
+/* Write what read_range read: data (zero-detected), and zeroes where they must be. */
+static int write_range(struct job *job, const char *buf, const uint8_t *cls, uint64_t off,
+                       uint64_t len, struct werr *e)
+{
+    struct ep *dst = job->c.dst;
+    uint64_t nunits = (len + job->unit - 1) / job->unit;
+    for (uint64_t u = 0; u < nunits;) {
+        uint64_t v = u + 1;
+        while (v < nunits && cls[v] == cls[u])
+            v++;
+        uint64_t a = off + u * job->unit, b = mi_min(off + v * job->unit, off + len);
+        if (cls[u] == U_DATA) {
+            if (write_units(job, buf + (a - off), a, b - a, e) < 0)
                 return e->rc;
         } else if (cls[u] == U_ZERO && job->need_zero_write) {
-            r = dst->ops->zero(dst, a, b - a, EP_ZERO_MAY_UNMAP);
+            int r = dst->ops->zero(dst, a, b - a, EP_ZERO_MAY_UNMAP);
             if (r < 0) {
                 e->rc = r, e->target = true;
                 return r;
@@ -372,32 +423,100 @@ static bool should_wait(struct job *job)
     return (job->pause_req || job->error_paused) && !job->cancel_req && !job->error;
 }
 
+static int req_init(struct job *job, struct job_req *q)
+{
+    q->cls = malloc(job->req_max / job->unit + 2);
+    if (posix_memalign((void **)&q->buf, 4096, job->req_max) != 0)
+        q->buf = NULL;
+    return q->buf && q->cls ? 0 : -ENOMEM;
+}
+
+static void req_fini(struct job_req *q)
+{
+    free(q->buf);
+    free(q->cls);
+}
+
+/* With the lock held: request q ended (r: 0 or its error, in e). */
+static void req_done(struct job *job, struct job_req *q, int r, const struct werr *e)
+{
+    job->active--;
+    job->requests_done++;
+    if (r < 0) {
+        on_error(job, q->first, q->n, e);
+        if (job->backoff) {
+            job->backoff = false;
+            pthread_mutex_unlock(&job->lock);
+            sleep_ns(100000000ULL);
+            pthread_mutex_lock(&job->lock);
+        }
+    } else {
+        give_back(job, q->first, q->n, true);
+        __atomic_fetch_add(&job->offset, q->len, __ATOMIC_RELAXED);
+    }
+    /* Wake whoever waits on this request: workers waiting for work (at the end), and
+     * job_wait's ticks when a supply feeds the job (they react to each finished request).
+     * A plain copy's main thread sleeps through to its 100 ms tick. */
+    if (r < 0 || job->c.supply)
+        wake_all(job);
+    else if (job->waiters)
+        pthread_cond_broadcast(&job->cond);
+}
+
+/* With the lock held: q's buffer is free again (the write pipe's). */
+static void buf_free(struct job *job, struct job_req *q)
+{
+    q->next = job->pipe_free;
+    job->pipe_free = q;
+    pthread_cond_signal(&job->buf_cond);
+}
+
+/* Wait on job->cond (waiters counts the workers there), at most timeout_ns (0: no limit). */
+static void wait_cond(struct job *job, uint64_t timeout_ns)
+{
+    job->waiters++;
+    if (timeout_ns) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += (long)timeout_ns;
+        while (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&job->cond, &job->lock, &ts);
+    } else {
+        pthread_cond_wait(&job->cond, &job->lock);
+    }
+    job->waiters--;
+}
+
 static void *worker(void *arg)
 {
     struct job *job = arg;
-    char *buf = NULL;
-    uint8_t *cls = malloc(job->req_max / job->unit + 2);
-    if (posix_memalign((void **)&buf, 4096, job->req_max) != 0 || !cls) {
+    struct job_req own = {0};
+    if (!job->pipe && req_init(job, &own) < 0) {
+        req_fini(&own);
         pthread_mutex_lock(&job->lock);
         if (!job->error) {
             job->error = -ENOMEM;
             snprintf(job->error_msg, sizeof job->error_msg, "out of memory for buffers");
         }
-        pthread_cond_broadcast(&job->cond);
+        wake_all(job);
         pthread_mutex_unlock(&job->lock);
-        free(cls);
         return NULL;
     }
     uint64_t max_chunks = job->req_max / job->chunk;
     pthread_mutex_lock(&job->lock);
     for (;;) {
-        while (should_wait(job)) {
-            job->waiters++;
-            pthread_cond_wait(&job->cond, &job->lock);
-            job->waiters--;
-        }
+        while (should_wait(job))
+            wait_cond(job, 0);
         if (job->cancel_req || job->error || job->finished)
             break;
+        struct job_req *q = &own;
+        if (job->pipe && !(q = job->pipe_free)) {
+            pthread_cond_wait(&job->buf_cond, &job->lock); /* all queued for the writer */
+            continue;
+        }
         uint64_t maxc = max_chunks;
         if (job->bucket.rate) /* keep requests small enough for the rate to be smooth */
             maxc = mi_max(1, mi_min(maxc, job->bucket.rate / 4 / job->chunk));
@@ -411,7 +530,7 @@ static void *worker(void *arg)
                 if (bitmap_next_set(&job->failed, 0) < job->nchunks) {
                     if (++job->pass >= job->c.max_passes) {
                         fail_ignored(job);
-                        pthread_cond_broadcast(&job->cond);
+                        wake_all(job);
                         break;
                     }
                     /* Back off, then retry the failed runs. */
@@ -429,62 +548,97 @@ static void *worker(void *arg)
                 if (!job->c.supply || !job->c.supply->idle ||
                     job->c.supply->idle(job->c.supply->ctx, job)) {
                     job->finished = true;
-                    pthread_cond_broadcast(&job->cond);
+                    wake_all(job);
                     break;
                 }
             }
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_nsec += 20000000;
-            if (ts.tv_nsec >= 1000000000) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000;
-            }
-            job->waiters++;
-            pthread_cond_timedwait(&job->cond, &job->lock, &ts);
-            job->waiters--;
+            wait_cond(job, 20000000);
             continue;
         }
+        if (job->pipe)
+            job->pipe_free = q->next;
         job->cursor = first + n;
         job->active++;
         pthread_mutex_unlock(&job->lock);
 
-        uint64_t off = first * job->chunk;
-        uint64_t len = mi_min(n * job->chunk, job->size - mi_min(off, job->size));
+        q->first = first, q->n = n, q->off = first * job->chunk;
+        q->len = mi_min(n * job->chunk, job->size - mi_min(q->off, job->size));
         struct werr e = {0, false};
-        int r = len ? copy_range(job, buf, cls, off, len, &e) : 0;
+        int r = q->len ? read_range(job, q->buf, q->cls, q->off, q->len, &e) : 0;
+        if (r == 0 && q->len && !job->pipe)
+            r = write_range(job, q->buf, q->cls, q->off, q->len, &e);
 
         pthread_mutex_lock(&job->lock);
-        job->active--;
-        job->requests_done++;
-        if (r < 0) {
-            on_error(job, first, n, &e);
-            if (job->backoff) {
-                job->backoff = false;
-                pthread_mutex_unlock(&job->lock);
-                sleep_ns(100000000ULL);
-                pthread_mutex_lock(&job->lock);
-            }
-        } else {
-            give_back(job, first, n, true);
-            __atomic_fetch_add(&job->offset, len, __ATOMIC_RELAXED);
+        if (job->pipe && r == 0) {
+            /* Read: the writer takes it from here. */
+            q->next = NULL;
+            if (job->pipe_tail)
+                job->pipe_tail->next = q;
+            else
+                job->pipe_head = q;
+            job->pipe_tail = q;
+            pthread_cond_signal(&job->pipe_cond);
+            continue;
         }
-        /* Wake whoever waits on this request: workers waiting for work, and job_wait's
-         * ticks when a supply feeds the job (they react to each finished request).  A plain
-         * copy's main thread sleeps through to its 100 ms tick: no wake-up per request. */
-        if (r < 0 || job->waiters || job->c.supply)
-            pthread_cond_broadcast(&job->cond);
+        if (job->pipe)
+            buf_free(job, q);
+        req_done(job, q, r, &e);
     }
-    pthread_cond_broadcast(&job->cond);
+    wake_all(job);
     pthread_mutex_unlock(&job->lock);
-    free(buf);
-    free(cls);
+    req_fini(&own);
+    return NULL;
+}
+
+/* The write pipe's thread: writes the requests the workers read, in their order.  What is
+ * queued is written even when the job pauses, fails or is cancelled meanwhile (as a worker
+ * finishes the request it is in: a paused job has no request in flight); it ends when the
+ * workers have ended. */
+static void *pipe_writer(void *arg)
+{
+    struct job *job = arg;
+    pthread_mutex_lock(&job->lock);
+    for (;;) {
+        struct job_req *q = job->pipe_head;
+        if (q) {
+            job->pipe_head = q->next;
+            if (!job->pipe_head)
+                job->pipe_tail = NULL;
+            pthread_mutex_unlock(&job->lock);
+            struct werr e = {0, false};
+            int r = q->len ? write_range(job, q->buf, q->cls, q->off, q->len, &e) : 0;
+            pthread_mutex_lock(&job->lock);
+            buf_free(job, q);
+            req_done(job, q, r, &e);
+            continue;
+        }
+        if (!q && job->pipe_stop)
+            break;
+        pthread_cond_wait(&job->pipe_cond, &job->lock);
+    }
+    pthread_mutex_unlock(&job->lock);
     return NULL;
 }
 
 int job_start(struct job *job)
 {
     job->start_ns = mi_now_ns();
+    if (job->pipe) {
+        job->pipe_nreqs = job->nworkers + 1; /* one in each worker, one being written */
+        job->pipe_reqs = calloc(job->pipe_nreqs, sizeof *job->pipe_reqs);
+        if (!job->pipe_reqs)
+            return mi_seterr(ENOMEM, "out of memory for buffers");
+        for (unsigned i = 0; i < job->pipe_nreqs; i++) {
+            if (req_init(job, &job->pipe_reqs[i]) < 0)
+                return mi_seterr(ENOMEM, "out of memory for buffers");
+            job->pipe_reqs[i].next = job->pipe_free;
+            job->pipe_free = &job->pipe_reqs[i];
+        }
+        int r = pthread_create(&job->pipe_thread, NULL, pipe_writer, job);
+        if (r)
+            return mi_seterr(r, "cannot start the writer thread: %s", strerror(r));
+        job->pipe_started = true;
+    }
     job->threads = calloc(job->nworkers, sizeof *job->threads);
     if (!job->threads)
         return mi_seterr(ENOMEM, "out of memory");
@@ -498,6 +652,19 @@ int job_start(struct job *job)
         }
     }
     return 0;
+}
+
+/* The workers are gone: the writer writes what is queued and ends. */
+static void pipe_end(struct job *job)
+{
+    if (!job->pipe_started)
+        return;
+    pthread_mutex_lock(&job->lock);
+    job->pipe_stop = true;
+    wake_all(job);
+    pthread_mutex_unlock(&job->lock);
+    pthread_join(job->pipe_thread, NULL);
+    job->pipe_started = false;
 }
 
 int job_wait(struct job *job, void (*tick)(struct job *job, void *arg), void *arg)
@@ -530,6 +697,7 @@ int job_wait(struct job *job, void (*tick)(struct job *job, void *arg), void *ar
     pthread_mutex_unlock(&job->lock);
     for (unsigned i = 0; i < job->nworkers; i++)
         pthread_join(job->threads[i], NULL);
+    pipe_end(job);
     job->end_ns = mi_now_ns();
     if (tick)
         tick(job, arg);
@@ -549,7 +717,7 @@ void job_pause(struct job *job)
     pthread_mutex_lock(&job->lock);
     job->pause_req = true;
     job_set_status(job, JOB_PAUSED);
-    pthread_cond_broadcast(&job->cond);
+    wake_all(job);
     pthread_mutex_unlock(&job->lock);
 }
 
@@ -559,7 +727,7 @@ void job_resume(struct job *job)
     job->pause_req = false;
     job->error_paused = false;
     job_set_status(job, job->status == JOB_PAUSED ? JOB_RUNNING : job->status);
-    pthread_cond_broadcast(&job->cond);
+    wake_all(job);
     pthread_mutex_unlock(&job->lock);
 }
 
@@ -567,7 +735,7 @@ void job_cancel(struct job *job)
 {
     pthread_mutex_lock(&job->lock);
     job->cancel_req = true;
-    pthread_cond_broadcast(&job->cond);
+    wake_all(job);
     pthread_mutex_unlock(&job->lock);
 }
 
@@ -578,7 +746,7 @@ void job_fail(struct job *job, int err, const char *msg)
         job->error = err < 0 ? err : -EIO;
         snprintf(job->error_msg, sizeof job->error_msg, "%s", msg);
     }
-    pthread_cond_broadcast(&job->cond);
+    wake_all(job);
     pthread_mutex_unlock(&job->lock);
 }
 
@@ -586,7 +754,7 @@ void job_finish(struct job *job)
 {
     pthread_mutex_lock(&job->lock);
     job->finished = true;
-    pthread_cond_broadcast(&job->cond);
+    wake_all(job);
     pthread_mutex_unlock(&job->lock);
 }
 
@@ -601,7 +769,7 @@ bool job_idle(struct job *job)
 void job_kick(struct job *job)
 {
     pthread_mutex_lock(&job->lock);
-    pthread_cond_broadcast(&job->cond);
+    wake_all(job);
     pthread_mutex_unlock(&job->lock);
 }
 

@@ -78,6 +78,8 @@ struct job_config {
     void *extra_ctx;
 };
 
+struct job_req;
+
 struct job {
     struct job_config c;
     uint64_t size;          /* bytes mirrored */
@@ -103,7 +105,20 @@ struct job {
     char pause_msg[1024];   /* ... and its message */
     bool backoff;           /* a worker should pause before retrying (ignore + supply) */
     unsigned active;        /* workers inside a request */
-    unsigned waiters;       /* workers waiting on cond for work or a resume */
+    unsigned waiters;       /* threads waiting on cond (for work, a buffer or a resume) */
+    /* The write pipe, for a target that takes one writer at a time (EP_CAP_ONE_WRITER) in
+     * a plain copy: the workers read, one more thread writes, so the target never waits
+     * for a worker to wake up.  Under lock. */
+    bool pipe;
+    bool pipe_stop;                     /* the workers are gone: write what is queued, end */
+    struct job_req *pipe_head, *pipe_tail; /* read, to write (in order) */
+    struct job_req *pipe_free;          /* buffers for the workers */
+    struct job_req *pipe_reqs;          /* all of them */
+    unsigned pipe_nreqs;
+    pthread_cond_t pipe_cond;           /* the writer waits for a request */
+    pthread_cond_t buf_cond;            /* workers wait for a buffer */
+    pthread_t pipe_thread;
+    bool pipe_started;
     uint64_t requests_done; /* wakes job_wait's ticks */
     unsigned pass;
 
