@@ -186,7 +186,9 @@ void job_mark_dirty(struct job *job, uint64_t off, uint64_t len)
 
 /* ---- the data path ---- */
 
-enum { U_UNALLOC, U_ZERO, U_DATA };
+/* What a unit holds: classify gives the first three (a unit takes the strongest of what it
+ * holds); read_range turns data units that read as zeroes into U_DATA_ZERO. */
+enum { U_UNALLOC, U_ZERO, U_DATA, U_DATA_ZERO };
 
 /* Classify each unit of [off, off+len) from the source's block status. */
 static int classify(struct job *job, uint64_t off, uint64_t len, uint8_t *cls)
@@ -232,39 +234,6 @@ static void throttle(struct job *job, uint64_t n)
     }
 }
 
-static int write_units(struct job *job, const char *buf, uint64_t off, uint64_t len, struct werr *e)
-{
-    struct ep *dst = job->c.dst;
-    uint64_t pos = 0;
-    while (pos < len) {
-        uint64_t u = mi_min(job->unit, len - pos);
-        bool zero = mi_is_zero(buf + pos, u);
-        uint64_t run = u;
-        while (pos + run < len) {
-            uint64_t v = mi_min(job->unit, len - pos - run);
-            if (mi_is_zero(buf + pos + run, v) != zero)
-                break;
-            run += v;
-        }
-        int r = 0;
-        if (!zero) {
-            r = dst->ops->pwrite(dst, buf + pos, run, off + pos);
-            if (r == 0)
-                __atomic_fetch_add(&job->bytes_copied, run, __ATOMIC_RELAXED);
-        } else if (job->need_zero_write) {
-            r = dst->ops->zero(dst, off + pos, run, EP_ZERO_MAY_UNMAP);
-            if (r == 0)
-                __atomic_fetch_add(&job->bytes_zeroed, run, __ATOMIC_RELAXED);
-        }
-        if (r < 0) {
-            e->rc = r, e->target = true;
-            return r;
-        }
-        pos += run;
-    }
-    return 0;
-}
-
 /* Read what [off, off+len) holds into buf (buf mirrors the range: the data at off+k is
  * at buf+k), after classifying it into cls.  Chunk aligned; may end at the image's end. */
 static int read_range(struct job *job, char *buf, uint8_t *cls, uint64_t off, uint64_t len,
@@ -289,13 +258,18 @@ static int read_range(struct job *job, char *buf, uint8_t *cls, uint64_t off, ui
                 e->rc = r, e->target = false;
                 return r;
             }
+            for (uint64_t k = u; k < v; k++) {
+                uint64_t ka = off + k * job->unit;
+                if (mi_is_zero(buf + (ka - off), mi_min(job->unit, off + len - ka)))
+                    cls[k] = U_DATA_ZERO;
+            }
         }
         u = v;
     }
     return 0;
 }
 
-/* Write what read_range read: data (zero-detected), and zeroes where they must be. */
+/* Write what read_range read: the data, and zeroes where they must be. */
 static int write_range(struct job *job, const char *buf, const uint8_t *cls, uint64_t off,
                        uint64_t len, struct werr *e)
 {
@@ -303,13 +277,19 @@ static int write_range(struct job *job, const char *buf, const uint8_t *cls, uin
     uint64_t nunits = (len + job->unit - 1) / job->unit;
     for (uint64_t u = 0; u < nunits;) {
         uint64_t v = u + 1;
-        while (v < nunits && cls[v] == cls[u])
+        bool zero = cls[u] == U_ZERO || cls[u] == U_DATA_ZERO;
+        while (v < nunits && (cls[v] == cls[u] || (zero && (cls[v] == U_ZERO ||
+                                                            cls[v] == U_DATA_ZERO))))
             v++;
         uint64_t a = off + u * job->unit, b = mi_min(off + v * job->unit, off + len);
         if (cls[u] == U_DATA) {
-            if (write_units(job, buf + (a - off), a, b - a, e) < 0)
-                return e->rc;
-        } else if (cls[u] == U_ZERO && job->need_zero_write) {
+            int r = dst->ops->pwrite(dst, buf + (a - off), b - a, a);
+            if (r < 0) {
+                e->rc = r, e->target = true;
+                return r;
+            }
+            __atomic_fetch_add(&job->bytes_copied, b - a, __ATOMIC_RELAXED);
+        } else if (zero && job->need_zero_write) {
             int r = dst->ops->zero(dst, a, b - a, EP_ZERO_MAY_UNMAP);
             if (r < 0) {
                 e->rc = r, e->target = true;
