@@ -11,7 +11,7 @@ MI=${MI:-$top/build/mirror-img}
 export MIRROR_IMG_SHIM=${MIRROR_IMG_SHIM:-$top/build/mirror-img-shim.so}
 rounds=${1:-3}
 dir=$(mktemp -d "${BENCH_TMPFS:-/dev/shm}/mi-journal.XXXXXX")
-trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$dir"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$dir"' EXIT
 ms() { echo $(( ($2 - $1) / 1000000 )); }
 median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
