@@ -600,6 +600,15 @@ static void *pipe_writer(void *arg)
     return NULL;
 }
 
+/* job_start failed before its workers ran: job_wait (which callers still call) joins none
+ * and returns at once. */
+static int start_failed(struct job *job, int err, const char *what)
+{
+    job->nworkers = 0;
+    job_cancel(job);
+    return mi_seterr(err, "%s: %s", what, strerror(err));
+}
+
 int job_start(struct job *job)
 {
     job->start_ns = mi_now_ns();
@@ -607,21 +616,21 @@ int job_start(struct job *job)
         job->pipe_nreqs = job->nworkers + 1; /* one in each worker, one being written */
         job->pipe_reqs = calloc(job->pipe_nreqs, sizeof *job->pipe_reqs);
         if (!job->pipe_reqs)
-            return mi_seterr(ENOMEM, "out of memory for buffers");
+            return start_failed(job, ENOMEM, "cannot allocate buffers");
         for (unsigned i = 0; i < job->pipe_nreqs; i++) {
             if (req_init(job, &job->pipe_reqs[i]) < 0)
-                return mi_seterr(ENOMEM, "out of memory for buffers");
+                return start_failed(job, ENOMEM, "cannot allocate buffers");
             job->pipe_reqs[i].next = job->pipe_free;
             job->pipe_free = &job->pipe_reqs[i];
         }
         int r = pthread_create(&job->pipe_thread, NULL, pipe_writer, job);
         if (r)
-            return mi_seterr(r, "cannot start the writer thread: %s", strerror(r));
+            return start_failed(job, r, "cannot start the writer thread");
         job->pipe_started = true;
     }
     job->threads = calloc(job->nworkers, sizeof *job->threads);
     if (!job->threads)
-        return mi_seterr(ENOMEM, "out of memory");
+        return start_failed(job, ENOMEM, "cannot start the workers");
     job_set_status(job, JOB_RUNNING);
     for (unsigned i = 0; i < job->nworkers; i++) {
         int r = pthread_create(&job->threads[i], NULL, worker, job);
