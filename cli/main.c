@@ -47,15 +47,64 @@ int cli_usage(const char *sub, const char *fmt, ...)
     return MI_EXIT_USAGE;
 }
 
+/* Usage errors from argp and getopt name the program as "mirror-img SUB: "; ours are
+ * "mirror-img: SUB: ".  While argp parses, standard error goes through this stream, which
+ * rewrites that prefix at the start of a line (the messages are whole in its buffer: argp
+ * exits right after them, and exit flushes it). */
+struct usage_stream {
+    const char *from, *to;
+};
+
+static void write_all(int fd, const char *p, size_t n)
+{
+    while (n) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return;
+        p += w, n -= (size_t)w;
+    }
+}
+
+static ssize_t usage_write(void *cookie, const char *buf, size_t n)
+{
+    const struct usage_stream *u = cookie;
+    size_t from_len = strlen(u->from);
+    for (size_t i = 0; i < n;) {
+        const char *nl = memchr(buf + i, '\n', n - i);
+        size_t len = nl ? (size_t)(nl - (buf + i)) + 1 : n - i;
+        const char *line = buf + i;
+        if (len >= from_len && !memcmp(line, u->from, from_len)) {
+            write_all(2, u->to, strlen(u->to));
+            line += from_len, len -= from_len;
+        }
+        write_all(2, line, len);
+        i = (size_t)(line - buf) + len;
+    }
+    return (ssize_t)n;
+}
+
 void cli_parse(const struct argp *argp, int argc, char **argv, int *arg_index, void *input)
 {
-    char name[64];
+    char name[64], from[80], to[80];
     snprintf(name, sizeof name, "mirror-img %s", argv[0]);
+    snprintf(from, sizeof from, "%s: ", name);
+    snprintf(to, sizeof to, "mirror-img: %s: ", argv[0]);
     char *saved = argv[0];
     argv[0] = name;
+    struct usage_stream u = {from, to};
+    static char ebuf[8192];
+    FILE *real = stderr, *err = fopencookie(&u, "w", (cookie_io_functions_t){.write = usage_write});
+    if (err && setvbuf(err, ebuf, _IOFBF, sizeof ebuf) == 0)
+        stderr = err;
     /* argp exits with argp_err_exit_status on usage errors. */
     argp_err_exit_status = MI_EXIT_USAGE;
-    error_t e = argp_parse(argp, argc, argv, ARGP_IN_ORDER * 0, arg_index, input);
+    error_t e = argp_parse(argp, argc, argv, 0, arg_index, input);
+    if (err) {
+        stderr = real;
+        fclose(err);
+    }
     argv[0] = saved;
     if (e)
         exit(MI_EXIT_USAGE);

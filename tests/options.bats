@@ -21,7 +21,7 @@ usage_error() {
     run --separate-stderr "$MI" "$@"
     [ "$status" -eq 2 ] || fail "exit status $status, not 2: $MI $* (stderr: $stderr)"
     [ -z "$output" ] || fail "stdout not empty: $output"
-    [[ $stderr =~ ^mirror-img ]] || fail "stderr does not start with mirror-img: $stderr"
+    [[ $stderr =~ ^mirror-img:\  ]] || fail "stderr does not start with 'mirror-img: ': $stderr"
     [[ $stderr =~ $msg ]] || fail "stderr lacks /$msg/: $stderr"
     [ ! -e "$DST" ] || fail "$DST was created"
 }
