@@ -560,9 +560,9 @@ static void *worker(void *arg)
             pthread_cond_signal(&job->pipe_cond);
             continue;
         }
+        req_done(job, q, r, &e);
         if (job->pipe)
             buf_free(job, q);
-        req_done(job, q, r, &e);
     }
     wake_all(job);
     pthread_mutex_unlock(&job->lock);
@@ -584,12 +584,23 @@ static void *pipe_writer(void *arg)
             job->pipe_head = q->next;
             if (!job->pipe_head)
                 job->pipe_tail = NULL;
+            if (job->error_paused) {
+                /* A request failed and the job paused on it (stop, enospc): what is queued
+                 * is not written into the same failure but read again after resume. */
+                job->active--;
+                job->requests_done++;
+                give_back(job, q->first, q->n, false);
+                buf_free(job, q);
+                if (job->waiters)
+                    pthread_cond_broadcast(&job->cond);
+                continue;
+            }
             pthread_mutex_unlock(&job->lock);
             struct werr e = {0, false};
             int r = q->len ? write_range(job, q->buf, q->cls, q->off, q->len, &e) : 0;
             pthread_mutex_lock(&job->lock);
-            buf_free(job, q);
             req_done(job, q, r, &e);
+            buf_free(job, q);
             continue;
         }
         if (!q && job->pipe_stop)
@@ -613,10 +624,11 @@ int job_start(struct job *job)
 {
     job->start_ns = mi_now_ns();
     if (job->pipe) {
-        job->pipe_nreqs = job->nworkers + 1; /* one in each worker, one being written */
-        job->pipe_reqs = calloc(job->pipe_nreqs, sizeof *job->pipe_reqs);
+        unsigned nreqs = job->nworkers + 1; /* one in each worker, one being written */
+        job->pipe_reqs = calloc(nreqs, sizeof *job->pipe_reqs);
         if (!job->pipe_reqs)
             return start_failed(job, ENOMEM, "cannot allocate buffers");
+        job->pipe_nreqs = nreqs;
         for (unsigned i = 0; i < job->pipe_nreqs; i++) {
             if (req_init(job, &job->pipe_reqs[i]) < 0)
                 return start_failed(job, ENOMEM, "cannot allocate buffers");
@@ -631,7 +643,10 @@ int job_start(struct job *job)
     job->threads = calloc(job->nworkers, sizeof *job->threads);
     if (!job->threads)
         return start_failed(job, ENOMEM, "cannot start the workers");
-    job_set_status(job, JOB_RUNNING);
+    pthread_mutex_lock(&job->lock); /* the control socket may pause it meanwhile */
+    if (job->status == JOB_CREATED)
+        job_set_status(job, JOB_RUNNING);
+    pthread_mutex_unlock(&job->lock);
     for (unsigned i = 0; i < job->nworkers; i++) {
         int r = pthread_create(&job->threads[i], NULL, worker, job);
         if (r) {
@@ -777,9 +792,9 @@ void job_query(struct job *job, struct json *j)
     json_str_member(j, "type", job->c.type);
     json_str_member(j, "status", job_status_name(job->status));
     json_u64_member(j, "len", job->len);
-    json_u64_member(j, "offset", job->offset);
+    json_u64_member(j, "offset", __atomic_load_n(&job->offset, __ATOMIC_RELAXED));
     json_u64_member(j, "speed", job->bucket.rate);
-    json_u64_member(j, "bytes_copied", job->bytes_copied);
+    json_u64_member(j, "bytes_copied", __atomic_load_n(&job->bytes_copied, __ATOMIC_RELAXED));
     json_bool_member(j, "paused", job->pause_req || job->error_paused);
     json_bool_member(j, "busy", job->active > 0);
     json_u64_member(j, "granularity", job->chunk);
