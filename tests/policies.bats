@@ -74,11 +74,16 @@ src_with_read_errors() { # errors on every read while $T/trigger exists
     mkdir "$T/mnt"
     mount -t tmpfs -o size=3M tmpfs "$T/mnt" || skip "cannot mount a tmpfs here"
     on_exit "umount -l '$T/mnt'"
-    "$MI" copy --json --on-target-error=enospc --socket "$T/job.sock" \
-        "$T/src.raw" "$T/mnt/dst.raw" > "$T/events" &
+    "$MI" copy --json -j 4 --buf-size 256K --on-target-error=enospc --socket "$T/job.sock" \
+        "$T/src.raw" "$T/mnt/dst.raw" > "$T/events" 3>&- &
     pid=$!
+    on_exit "kill $pid"
     wait_for grep -q BLOCK_JOB_ERROR "$T/events"
     grep -q 'No space left on device' "$T/events"
+    # One pause, one error: what the other workers had read is not written into the same
+    # full disk once the job paused.
+    wait_for paused_idle
+    [ "$(grep -c BLOCK_JOB_ERROR "$T/events")" -eq 1 ]
     mount -o remount,size=64M "$T/mnt"
     "$MI" resume "$T/job.sock"
     wait $pid
