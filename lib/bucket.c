@@ -14,7 +14,7 @@ static void refill(struct bucket *b, uint64_t now_ns)
 void bucket_adjust(struct bucket *b, uint64_t rate, uint64_t now_ns)
 {
     refill(b, now_ns);
-    b->rate = rate;
+    __atomic_store_n(&b->rate, rate, __ATOMIC_RELAXED); /* read without the lock by bucket_rate */
     /* A tenth of a second of burst keeps the rate smooth at the scale of a progress bar. */
     b->capacity = rate / 10 ? rate / 10 : 1;
     if (b->level > (double)b->capacity)

@@ -17,6 +17,11 @@ struct bucket {
 
 void bucket_init(struct bucket *b, uint64_t rate, uint64_t now_ns);
 void bucket_adjust(struct bucket *b, uint64_t rate, uint64_t now_ns);
+/* The rate, read from any thread without the bucket's lock. */
+static inline uint64_t bucket_rate(const struct bucket *b)
+{
+    return __atomic_load_n(&b->rate, __ATOMIC_RELAXED);
+}
 /* Take n tokens at time now_ns; returns how long (ns) the caller must wait before going
  * on (0 = go now).  The tokens are taken in any case (the wait pays the debt). */
 uint64_t bucket_run(struct bucket *b, uint64_t n, uint64_t now_ns);

@@ -64,7 +64,7 @@ void job_event(struct job *job, const char *name, void (*fn)(struct json *j, voi
     json_str_member(&j, "type", job->c.type);
     json_u64_member(&j, "len", __atomic_load_n(&job->len, __ATOMIC_RELAXED));
     json_u64_member(&j, "offset", __atomic_load_n(&job->offset, __ATOMIC_RELAXED));
-    json_u64_member(&j, "speed", job->bucket.rate);
+    json_u64_member(&j, "speed", bucket_rate(&job->bucket));
     if (fn)
         fn(&j, arg);
     events_emit(name, &j);
@@ -498,8 +498,9 @@ static void *worker(void *arg)
             continue;
         }
         uint64_t maxc = max_chunks;
-        if (job->bucket.rate) /* keep requests small enough for the rate to be smooth */
-            maxc = mi_max(1, mi_min(maxc, job->bucket.rate / 4 / job->chunk));
+        uint64_t rate = bucket_rate(&job->bucket);
+        if (rate) /* keep requests small enough for the rate to be smooth */
+            maxc = mi_max(1, mi_min(maxc, rate / 4 / job->chunk));
         uint64_t first, n = take(job, maxc, &first);
         if (n == 0 && job->cursor) {
             job->cursor = 0;
@@ -793,7 +794,7 @@ void job_query(struct job *job, struct json *j)
     json_str_member(j, "status", job_status_name(job->status));
     json_u64_member(j, "len", job->len);
     json_u64_member(j, "offset", __atomic_load_n(&job->offset, __ATOMIC_RELAXED));
-    json_u64_member(j, "speed", job->bucket.rate);
+    json_u64_member(j, "speed", bucket_rate(&job->bucket));
     json_u64_member(j, "bytes_copied", __atomic_load_n(&job->bytes_copied, __ATOMIC_RELAXED));
     json_bool_member(j, "paused", job->pause_req || job->error_paused);
     json_bool_member(j, "busy", job->active > 0);
