@@ -13,6 +13,8 @@
 
 #include <pthread.h>
 
+struct control;
+
 struct follower {
     bool following;         /* we hold the journal */
     struct mi_opts *o;
@@ -63,7 +65,6 @@ void jsync_record_target(struct follower *f);
 /* The common end of follow and copy --incremental: report a failure (code MI_EXIT_FAIL),
  * stop the control socket, conclude and destroy the job (job_ok), close the target (a
  * failed close turns success into MI_EXIT_FAIL) and jsync_end.  Returns the exit code. */
-struct control;
 int jsync_close(struct follower *f, struct job *job, bool job_ok, struct control *sock, int code);
 
 #endif

@@ -45,6 +45,20 @@ static void wake_all(struct job *job)
     pthread_cond_broadcast(&job->buf_cond);
 }
 
+/* The CLOCK_REALTIME time ns from now, for pthread_cond_timedwait. */
+static struct timespec deadline_in(uint64_t ns)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += (time_t)(ns / 1000000000ULL);
+    ts.tv_nsec += (long)(ns % 1000000000ULL);
+    if (ts.tv_nsec >= 1000000000) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000;
+    }
+    return ts;
+}
+
 static void sleep_ns(uint64_t ns)
 {
     struct timespec ts = {(time_t)(ns / 1000000000ULL), (long)(ns % 1000000000ULL)};
@@ -456,13 +470,7 @@ static void wait_cond(struct job *job, uint64_t timeout_ns)
 {
     job->waiters++;
     if (timeout_ns) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += (long)timeout_ns;
-        while (ts.tv_nsec >= 1000000000) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000;
-        }
+        struct timespec ts = deadline_in(timeout_ns);
         pthread_cond_timedwait(&job->cond, &job->lock, &ts);
     } else {
         pthread_cond_wait(&job->cond, &job->lock);
@@ -679,13 +687,7 @@ int job_wait(struct job *job, void (*tick)(struct job *job, void *arg), void *ar
     while (!job->finished && !job->cancel_req && !job->error) {
         /* Sleep unless a request finished since the last tick (no lost wake-up). */
         if (job->requests_done == seen) {
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_nsec += 100000000;
-            if (ts.tv_nsec >= 1000000000) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000;
-            }
+            struct timespec ts = deadline_in(100000000ULL);
             pthread_cond_timedwait(&job->cond, &job->lock, &ts);
         }
         seen = job->requests_done;
