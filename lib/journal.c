@@ -155,7 +155,7 @@ void mij_unmap(struct mij *j)
 /* Processes                                                                            */
 
 /* Async-signal-safe enough for a fork child: no stdio, no allocation. */
-int mij_proc_stat(int pid, char *state, uint64_t *start_ticks)
+int mij_proc_stat(int pid, char *state, uint64_t *start_ticks, unsigned *threads)
 {
     char path[32] = "/proc/", digits[12];
     int n = 0;
@@ -181,12 +181,18 @@ int mij_proc_stat(int pid, char *state, uint64_t *start_ticks)
         return -EIO;
     p += 2;
     *state = *p;
-    /* state is field 3, starttime field 22 */
+    /* state is field 3, num_threads field 20, starttime field 22 */
     for (int f = 3; f < 22; f++) {
         p = strchr(p, ' ');
         if (!p)
             return -EIO;
         p++;
+        if (f + 1 == 20 && threads) {
+            unsigned t = 0;
+            while (*p >= '0' && *p <= '9')
+                t = t * 10 + (unsigned)(*p++ - '0');
+            *threads = t;
+        }
     }
     uint64_t t = 0;
     while (*p >= '0' && *p <= '9')
@@ -195,20 +201,27 @@ int mij_proc_stat(int pid, char *state, uint64_t *start_ticks)
     return 0;
 }
 
+/* The state shown for a pid is its main thread's.  A main thread that ended (pthread_exit,
+ * or the first of a process's threads to go under SIGKILL) is a zombie while its other
+ * threads still run, and one of them may be inside a write: the process is dead only when
+ * it is a zombie with no thread left but the main one (num_threads counts the zombie). */
 bool mij_pid_alive(int pid, uint64_t start_ticks)
 {
     if (pid <= 0)
         return pid == -1;
     char state;
     uint64_t t;
-    int r = mij_proc_stat(pid, &state, &t);
+    unsigned threads = 0;
+    int r = mij_proc_stat(pid, &state, &t, &threads);
     if (r == -ENOENT || r == -ESRCH)
         return false;
     if (r < 0) /* no /proc: fall back to kill(0) (zombies look alive) */
         return !(kill(pid, 0) < 0 && errno == ESRCH);
-    if (state == 'Z' || state == 'X' || state == 'x')
+    if (start_ticks && t != start_ticks)
+        return false; /* the pid was reused */
+    if (state == 'X' || state == 'x')
         return false;
-    return !start_ticks || t == start_ticks;
+    return state != 'Z' || threads > 1;
 }
 
 static void slot_init(struct mij *j, struct mij_slot *s, uint64_t start, bool reset_inflight)
@@ -235,7 +248,7 @@ struct mij_slot *mij_register(struct mij *j, int pid)
 {
     char state;
     uint64_t start = 0;
-    mij_proc_stat(pid, &state, &start);
+    mij_proc_stat(pid, &state, &start, NULL);
     /* Our own pid: the slot of the image we exec'd from (its threads are gone). */
     for (unsigned i = 1; i < MIJ_NSLOTS; i++)
         if (MIJ_LOAD(&j->slots[i].pid) == pid) {

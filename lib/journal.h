@@ -485,9 +485,11 @@ void mij_unmap(struct mij *j);
  * shared overflow slot, when the registry is full). */
 struct mij_slot *mij_register(struct mij *j, int pid);
 
-/* Read PID's state letter and start time from /proc (0, or -errno). */
-int mij_proc_stat(int pid, char *state, uint64_t *start_ticks);
-/* A registered pid is alive (not gone, not a zombie, not reused). */
+/* Read PID's state letter, start time and (threads may be NULL) thread count from /proc
+ * (0, or -errno). */
+int mij_proc_stat(int pid, char *state, uint64_t *start_ticks, unsigned *threads);
+/* A registered pid is alive: not gone, not reused, and not a zombie unless one of its
+ * threads still runs (a main thread that ended before the others shows as a zombie). */
 bool mij_pid_alive(int pid, uint64_t start_ticks);
 
 extern char mij_errbuf[512];

@@ -9,6 +9,8 @@ load helpers
 setup_file() {
     # A writer for the shim: NTHREADS threads pwrite 4 KiB blocks of random bytes at random
     # 4 KiB-aligned offsets in IMG, as fast as they can, for SECONDS (or until killed).
+    # With a fifth argument "main-exits" the main thread ends (pthread_exit) once it has
+    # started them: the process then shows as a zombie while its threads write.
     cat > "$BATS_FILE_TMPDIR/loop.c" <<'EOF'
 #include <fcntl.h>
 #include <pthread.h>
@@ -32,7 +34,7 @@ static void *run(void *arg) {
     return NULL;
 }
 int main(int argc, char **argv) {
-    if (argc != 4) { fprintf(stderr, "usage: loop IMG SECONDS NTHREADS\n"); return 2; }
+    if (argc != 4 && argc != 5) { fprintf(stderr, "usage: loop IMG SECONDS NTHREADS [main-exits]\n"); return 2; }
     struct stat st;
     if ((fd = open(argv[1], O_RDWR)) < 0 || fstat(fd, &st) < 0) { perror(argv[1]); return 1; }
     blocks = st.st_size / 4096;
@@ -40,6 +42,7 @@ int main(int argc, char **argv) {
     int n = atoi(argv[3]);
     pthread_t t[64];
     for (long i = 0; i < n; i++) pthread_create(&t[i], NULL, run, (void *)i);
+    if (argc == 5) pthread_exit(NULL);
     for (int i = 0; i < n; i++) pthread_join(t[i], NULL);
     return 0;
 }
@@ -183,6 +186,34 @@ complete_follow() {
         sleep 0.1
     done
     kill -0 $FOLLOW || { cat "$T/err"; fail "follow stopped"; }
+    complete_follow
+    cmp "$T/src.raw" "$T/dst.raw"
+}
+
+@test "a writer whose main thread ended while its threads write is alive, not dead inside a write" {
+    # Its main thread is a zombie, and so is a process whose first thread went under
+    # kill -9 while another still finishes its write: the process counts as dead only
+    # when no thread is left (a write counted dead too early is lost).
+    src_image 16
+    "$MI" follow --json --journal "$J" "$T/src.raw" "$T/dst.raw" > "$T/events" 2>"$T/err" &
+    FOLLOW=$!
+    on_exit "kill -9 $FOLLOW"
+    wait_for grep -q BLOCK_JOB_READY "$T/events" || { cat "$T/err"; fail "follow never got ready"; }
+    "$MI" run --journal "$J" "$T/src.raw" -- "$BATS_FILE_TMPDIR/loop" "$T/src.raw" 2 2 main-exits &
+    runner=$!
+    on_exit "kill -9 $runner"
+    sleep 0.3
+    writer=$(pgrep -P $runner)  # (a zombie main thread has no command line for -f)
+    [ "$(cut -d' ' -f3 /proc/$writer/stat)" = Z ] || fail "the writer's main thread did not end"
+    run "$MI" journal status --json "$J"
+    assert_success
+    assert_output --partial '"writers-alive": 1,'
+    wait_exit $runner
+    run "$MI" journal status --json "$J"
+    assert_success
+    refute_output --partial writer_died
+    run cat "$T/err"
+    refute_output --partial writer_died
     complete_follow
     cmp "$T/src.raw" "$T/dst.raw"
 }
