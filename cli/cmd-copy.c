@@ -402,7 +402,7 @@ static int run_copy(int argc, char **argv)
         .granularity = o.granularity, .buf_size = o.buf_size, .threads = o.threads,
         .speed = o.speed, .on_source_error = o.on_source_error,
         .on_target_error = o.on_target_error, .sync_top = o.sync_top,
-        .target_is_zero = o.target_is_zero,
+        .target_is_zero = o.target_is_zero, .seed_async = t.created,
     };
     int r = job_init(&job, &jc);
     struct jobctl ctl = {.job = &job};

@@ -35,6 +35,7 @@ struct job_req {
 };
 
 static void pipe_end(struct job *job);
+static void seed_end(struct job *job);
 static void req_fini(struct job_req *q);
 
 /* Wake every waiting thread: a state change (pause, resume, cancel, error, the end). */
@@ -102,11 +103,14 @@ void job_set_status(struct job *job, int status)
 
 /* ---- set-up ---- */
 
-static int seed(struct job *job)
+/* Mark what the source's map says needs copying, from the start to the end.  With a
+ * seeder thread (async), each step is published under the lock: the bitmap below
+ * `seeded` is final, and len grows with what is marked.  Returns 0 or -errno. */
+static int seed(struct job *job, bool async)
 {
     unsigned flags = job->c.sync_top ? EP_BS_TOP : 0;
     bool skip_zero = !job->need_zero_write;
-    uint64_t off = 0;
+    uint64_t off = 0, marked = 0, next_unmarked = 0;
     while (off < job->size) {
         uint64_t len;
         int kind;
@@ -117,13 +121,43 @@ static int seed(struct job *job)
             return mi_seterr(EIO, "%s: block status made no progress at offset %llu",
                              job->c.src->name, (unsigned long long)off);
         bool need = kind == EP_DATA || (kind == EP_ZERO && !skip_zero);
+        if (async)
+            pthread_mutex_lock(&job->lock);
         if (need) {
-            uint64_t first = off / job->chunk, last = (off + len - 1) / job->chunk;
-            bitmap_set_range(&job->dirty, first, last - first + 1);
+            uint64_t first = mi_max(off / job->chunk, next_unmarked), last = (off + len - 1) / job->chunk;
+            if (first <= last) {
+                bitmap_set_range(&job->dirty, first, last - first + 1);
+                marked += last - first + 1;
+                next_unmarked = last + 1;
+            }
         }
         off += len;
+        __atomic_store_n(&job->len, mi_min(marked * job->chunk, job->size), __ATOMIC_RELAXED);
+        if (async) {
+            job->seeded = mi_min(off, job->size) / job->chunk;
+            bool stop = job->cancel_req || job->error;
+            if (job->waiters)
+                pthread_cond_broadcast(&job->cond);
+            pthread_mutex_unlock(&job->lock);
+            if (stop)
+                return 0;
+        }
     }
     return 0;
+}
+
+static void *seeder(void *arg)
+{
+    struct job *job = arg;
+    int r = seed(job, true);
+    if (r < 0)
+        job_fail(job, r, mi_lasterr());
+    pthread_mutex_lock(&job->lock);
+    job->seeding = false;
+    job->seeded = job->nchunks;
+    wake_all(job);
+    pthread_mutex_unlock(&job->lock);
+    return NULL;
 }
 
 int job_init(struct job *job, const struct job_config *c)
@@ -163,13 +197,12 @@ int job_init(struct job *job, const struct job_config *c)
     if (bitmap_init(&job->dirty, job->nchunks) < 0 || bitmap_init(&job->failed, job->nchunks) < 0)
         return mi_seterr(ENOMEM, "out of memory for a bitmap of %llu chunks",
                          (unsigned long long)job->nchunks);
-    if (!c->no_seed) {
-        int r = seed(job);
+    if (!c->no_seed && c->seed_async && !c->supply) {
+        job->seeding = true; /* by the seeder thread, from job_start */
+    } else if (!c->no_seed) {
+        int r = seed(job, false);
         if (r < 0)
             return r;
-        job->len = bitmap_count(&job->dirty) * job->chunk;
-        if (job->len > job->size)
-            job->len = job->size;
     }
     return 0;
 }
@@ -177,6 +210,10 @@ int job_init(struct job *job, const struct job_config *c)
 void job_destroy(struct job *job)
 {
     pipe_end(job);
+    if (job->seed_started) {
+        job_cancel(job);
+        seed_end(job);
+    }
     for (unsigned i = 0; i < job->pipe_nreqs; i++)
         req_fini(&job->pipe_reqs[i]);
     free(job->pipe_reqs);
@@ -339,6 +376,12 @@ static uint64_t take(struct job *job, uint64_t max, uint64_t *first)
 {
     if (job->c.supply)
         return job->c.supply->take(job->c.supply->ctx, job->cursor, max, first);
+    if (job->seeding) { /* only what the seeder has settled */
+        uint64_t start = bitmap_next_set(&job->dirty, job->cursor);
+        if (start >= job->seeded)
+            return 0;
+        max = mi_min(max, job->seeded - start);
+    }
     return bitmap_take_run(&job->dirty, job->cursor, max, first);
 }
 
@@ -515,6 +558,10 @@ static void *worker(void *arg)
             n = take(job, maxc, &first);
         }
         if (n == 0) {
+            if (job->seeding) { /* woken as the seeder goes on */
+                wait_cond(job, 20000000);
+                continue;
+            }
             if (job->active == 0) {
                 if (bitmap_next_set(&job->failed, 0) < job->nchunks) {
                     if (++job->pass >= job->c.max_passes) {
@@ -656,6 +703,19 @@ int job_start(struct job *job)
     if (job->status == JOB_CREATED)
         job_set_status(job, JOB_RUNNING);
     pthread_mutex_unlock(&job->lock);
+    if (job->seeding) {
+        int r = pthread_create(&job->seed_thread, NULL, seeder, job);
+        if (r) {
+            job->seeding = false;
+            if (seed(job, false) < 0) {
+                job->nworkers = 0;
+                job_fail(job, -EIO, mi_lasterr());
+                return -EIO;
+            }
+        } else {
+            job->seed_started = true;
+        }
+    }
     for (unsigned i = 0; i < job->nworkers; i++) {
         int r = pthread_create(&job->threads[i], NULL, worker, job);
         if (r) {
@@ -665,6 +725,16 @@ int job_start(struct job *job)
         }
     }
     return 0;
+}
+
+/* The workers are gone (the job finished, failed or was cancelled): the seeder, which
+ * looks at those after each step, ends too. */
+static void seed_end(struct job *job)
+{
+    if (!job->seed_started)
+        return;
+    pthread_join(job->seed_thread, NULL);
+    job->seed_started = false;
 }
 
 /* The workers are gone: the writer writes what is queued and ends. */
@@ -705,6 +775,7 @@ int job_wait(struct job *job, void (*tick)(struct job *job, void *arg), void *ar
     for (unsigned i = 0; i < job->nworkers; i++)
         pthread_join(job->threads[i], NULL);
     pipe_end(job);
+    seed_end(job);
     job->end_ns = mi_now_ns();
     if (tick)
         tick(job, arg);

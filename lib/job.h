@@ -71,6 +71,9 @@ struct job_config {
     bool sync_top;            /* copy only what the source's top layer allocates */
     bool target_is_zero;      /* the target reads as zeros already */
     bool no_seed;             /* don't seed from block status (the supply decides) */
+    bool seed_async;          /* seed in a thread of its own while the copy starts (a
+                               * target created for the job: nothing of the user's is
+                               * written before an error in the source's map shows) */
     unsigned max_passes;      /* ignore policy: passes over failing chunks (0 = 5) */
     const struct job_supply *supply;
     /* Optional: more members for status answers and progress events (follow's backlog). */
@@ -95,6 +98,11 @@ struct job {
     struct bitmap dirty;    /* default supply */
     struct bitmap failed;   /* ignore policy: runs to retry on the next pass */
     uint64_t cursor;
+    /* Seeding in its own thread (seed_async): chunks below `seeded` are final in the
+     * bitmap; the workers take none above it while `seeding`.  Under lock. */
+    bool seeding, seed_started;
+    uint64_t seeded;
+    pthread_t seed_thread;
     int status;
     bool pause_req, cancel_req, error_paused, finished;
     int error;              /* first fatal error (-errno) */

@@ -159,6 +159,20 @@ refused() {
     refused "$T/b.qcow2" "b.qcow2: L2 table at 0x30200 is not aligned"
 }
 
+@test "a broken L2 table far into the image: refused before writing, no new target left, an existing one (-n) untouched" {
+    qemu-img create -q -f qcow2 "$T/b.qcow2" 1G
+    qemu-io -f qcow2 -c 'write -P 0x11 0 4M' -c 'write -P 0x22 768M 1M' "$T/b.qcow2" >/dev/null
+    bad "$T/b.qcow2" 'l1[1]=0x8000000005000000'
+    refused "$T/b.qcow2" "b.qcow2: L2 table at 0x5000000 lies beyond the end of the file"
+    truncate -s 1G "$T/t.raw"
+    head -c 4M /dev/urandom | dd of="$T/t.raw" conv=notrunc status=none
+    before=$(sha256sum < "$T/t.raw")
+    run "$MI" copy -n -O raw "$T/b.qcow2" "$T/t.raw"
+    assert_failure 1
+    assert_output --regexp "^mirror-img: .*b.qcow2: L2 table at 0x5000000 lies beyond the end of the file"
+    [ "$(sha256sum < "$T/t.raw")" = "$before" ]
+}
+
 @test "data cluster beyond the end of the file or unaligned" {
     img
     bad "$T/b.qcow2" 'l2[0x10000]=0x8000000007000000'
