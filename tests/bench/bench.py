@@ -156,11 +156,12 @@ def tool_cmd(tool, src, sfmt, dst, dfmt, durable, mi):
         if sfmt == "raw":
             return ["nbdcopy", *f, src, dst]
         return ["nbdcopy", *f, "--", "[", "qemu-nbd", "-r", "-f", sfmt, src, "]", dst]
-    if tool == "floor":
+    if tool in ("floor", "floor+read"):
         if not FLOOR.get("bin") or src not in FLOOR["layouts"] or dfmt != "raw":
             return None
-        return [FLOOR["bin"], FLOOR["layouts"][src], dst, str(os.path.getsize(src)),
-                *(["sync"] if durable else [])]
+        return [FLOOR["bin"], *(["-s"] if durable else []),
+                *(["-r", src] if tool == "floor+read" else []),
+                FLOOR["layouts"][src], dst, str(os.path.getsize(src))]
     if tool == "cp":
         if sfmt != "raw" or dfmt != "raw":
             return None
@@ -217,11 +218,13 @@ def verify(src, sfmt, dst, dfmt):
             raise SystemExit(f"bench: {dst}: qemu-img check failed: {p.stdout.decode()}")
 
 
-TOOLS = ["mirror-img", "nbdcopy", "qemu-img", "cp", "floor"]
+TOOLS = ["mirror-img", "nbdcopy", "qemu-img", "cp", "floor", "floor+read"]
 # floor (tests/bench/floor.c): not a peer but the bound under every tool: one thread
 # writing the same non-zero bytes into a new file from memory, reading nothing.
+# floor+read: the same while a second thread reads those runs from the source, as every
+# copy must (the least a copy can take on this machine).
 FLOOR = {"bin": None, "layouts": {}}
-NOT_PEERS = ("mirror-img", "floor")
+NOT_PEERS = ("mirror-img", "floor", "floor+read")
 
 
 def run_case(case, args, tf):
@@ -327,12 +330,17 @@ def table(results, tg):
                  "noisy, CPU times much less so).")
     lines.append("")
     for c in results:
-        f, m = c["tools"].get("floor"), c["tools"].get("mirror-img")
+        f, fr, m = (c["tools"].get(t) for t in ("floor", "floor+read", "mirror-img"))
         if f and m:
             lines.append(f"floor, {c['case']} [{c['fs']}]: {f['median_wall']:.3f} s wall, "
                          f"{f['median_cpu']:.2f} s CPU: one thread writing the same non-zero "
                          f"bytes from memory, reading nothing; mirror-img takes "
                          f"{m['median_wall'] / f['median_wall']:.2f}x its wall time.")
+        if fr and m:
+            lines.append(f"floor+read, {c['case']} [{c['fs']}]: {fr['median_wall']:.3f} s wall, "
+                         f"{fr['median_cpu']:.2f} s CPU: the same while another thread reads "
+                         f"those runs from the source; mirror-img takes "
+                         f"{m['median_wall'] / fr['median_wall']:.2f}x its wall time.")
     lines.append("")
     lines.append("targets (tmpfs, medians of the same run):")
     for t in tg:

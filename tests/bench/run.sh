@@ -51,9 +51,10 @@ if [ "${BENCH_FOLLOW:-1}" != 0 ] && [ -z "${BENCH_ONLY:-}" ] && [ -f "$top/tests
 fi
 # Bench a private copy: a rebuild of build/ during the run must not change the binary.
 cp "$MI" "$tmp/mirror-img"
-# The floor: one thread writing the same bytes from memory (tests/bench/floor.c).
+# The floor: one thread writing the same bytes from memory, and that while another
+# thread reads the source (tests/bench/floor.c).
 floor=
-if command -v cc >/dev/null && cc -O2 -o "$tmp/floor" "$top/tests/bench/floor.c"; then
+if command -v cc >/dev/null && cc -O2 -pthread -o "$tmp/floor" "$top/tests/bench/floor.c"; then
     floor=$tmp/floor
 fi
 start=$(date +%s)
