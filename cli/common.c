@@ -265,8 +265,10 @@ void mi_progress_tick(struct job *job, void *arg)
     if (!final && now - last_ns < 100000000ULL)
         return;
     last_ns = now;
-    uint64_t len = __atomic_load_n(&job->len, __ATOMIC_RELAXED),
-             off = __atomic_load_n(&job->offset, __ATOMIC_RELAXED);
+    uint64_t off = __atomic_load_n(&job->offset, __ATOMIC_ACQUIRE),
+             len = __atomic_load_n(&job->len, __ATOMIC_ACQUIRE);
+    if (off > len) /* len grows while a new target's map is read */
+        len = off;
     double pct = len ? 100.0 * (double)off / (double)len : 100.0;
     double secs = (double)(now - job->start_ns) / 1e9;
     double rate = secs > 0 ? (double)off / secs : 0;

@@ -57,24 +57,30 @@ bool bitmap_test(const struct bitmap *b, uint64_t i)
     return (__atomic_load_n(&b->words[i / 64], __ATOMIC_RELAXED) >> (i % 64)) & 1;
 }
 
-static uint64_t next(const struct bitmap *b, uint64_t i, bool want_set)
+static uint64_t next(const struct bitmap *b, uint64_t i, uint64_t end, bool want_set)
 {
-    while (i < b->nbits) {
+    if (end > b->nbits)
+        end = b->nbits;
+    while (i < end) {
         uint64_t w = __atomic_load_n(&b->words[i / 64], __ATOMIC_RELAXED);
         if (!want_set)
             w = ~w;
         w &= ~0ULL << (i % 64);
         if (w) {
             uint64_t r = (i / 64) * 64 + (uint64_t)__builtin_ctzll(w);
-            return r < b->nbits ? r : b->nbits;
+            return r < end ? r : end;
         }
         i = (i / 64 + 1) * 64;
     }
-    return b->nbits;
+    return end;
 }
 
-uint64_t bitmap_next_set(const struct bitmap *b, uint64_t i) { return next(b, i, true); }
-uint64_t bitmap_next_clear(const struct bitmap *b, uint64_t i) { return next(b, i, false); }
+uint64_t bitmap_next_set(const struct bitmap *b, uint64_t i) { return next(b, i, b->nbits, true); }
+uint64_t bitmap_next_clear(const struct bitmap *b, uint64_t i) { return next(b, i, b->nbits, false); }
+uint64_t bitmap_next_set_before(const struct bitmap *b, uint64_t i, uint64_t end)
+{
+    return next(b, i, end, true);
+}
 
 uint64_t bitmap_count(const struct bitmap *b)
 {

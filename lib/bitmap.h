@@ -24,6 +24,8 @@ void bitmap_clear_range(struct bitmap *b, uint64_t first, uint64_t count);
 bool bitmap_test(const struct bitmap *b, uint64_t i);
 /* First set bit at or after i, or b->nbits when none. */
 uint64_t bitmap_next_set(const struct bitmap *b, uint64_t i);
+/* The same, looking no further than end (returns end, or nbits if smaller, when none). */
+uint64_t bitmap_next_set_before(const struct bitmap *b, uint64_t i, uint64_t end);
 /* First clear bit at or after i, or b->nbits when none. */
 uint64_t bitmap_next_clear(const struct bitmap *b, uint64_t i);
 uint64_t bitmap_count(const struct bitmap *b);

@@ -77,8 +77,10 @@ void job_event(struct job *job, const char *name, void (*fn)(struct json *j, voi
     json_init(&j);
     json_str_member(&j, "device", job->c.device);
     json_str_member(&j, "type", job->c.type);
-    json_u64_member(&j, "len", __atomic_load_n(&job->len, __ATOMIC_RELAXED));
-    json_u64_member(&j, "offset", __atomic_load_n(&job->offset, __ATOMIC_RELAXED));
+    /* offset first: len only grows (a new target's map is read while the copy goes) */
+    uint64_t off = __atomic_load_n(&job->offset, __ATOMIC_ACQUIRE);
+    json_u64_member(&j, "len", mi_max(__atomic_load_n(&job->len, __ATOMIC_ACQUIRE), off));
+    json_u64_member(&j, "offset", off);
     json_u64_member(&j, "speed", bucket_rate(&job->bucket));
     if (fn)
         fn(&j, arg);
@@ -132,11 +134,13 @@ static int seed(struct job *job, bool async)
             }
         }
         off += len;
-        __atomic_store_n(&job->len, mi_min(marked * job->chunk, job->size), __ATOMIC_RELAXED);
+        __atomic_store_n(&job->len, mi_min(marked * job->chunk, job->size), __ATOMIC_RELEASE);
         if (async) {
+            uint64_t was = job->seeded;
             job->seeded = mi_min(off, job->size) / job->chunk;
             bool stop = job->cancel_req || job->error;
-            if (job->waiters)
+            /* wake waiting workers only when chunks marked for copying became settled */
+            if (job->seeded > was && next_unmarked > was && job->waiters)
                 pthread_cond_broadcast(&job->cond);
             pthread_mutex_unlock(&job->lock);
             if (stop)
@@ -376,13 +380,14 @@ static uint64_t take(struct job *job, uint64_t max, uint64_t *first)
 {
     if (job->c.supply)
         return job->c.supply->take(job->c.supply->ctx, job->cursor, max, first);
-    if (job->seeding) { /* only what the seeder has settled */
-        uint64_t start = bitmap_next_set(&job->dirty, job->cursor);
-        if (start >= job->seeded)
+    uint64_t from = job->cursor;
+    if (job->seeding) { /* only what the seeder has settled (no scan beyond it) */
+        from = bitmap_next_set_before(&job->dirty, from, job->seeded);
+        if (from >= job->seeded)
             return 0;
-        max = mi_min(max, job->seeded - start);
+        max = mi_min(max, job->seeded - from);
     }
-    return bitmap_take_run(&job->dirty, job->cursor, max, first);
+    return bitmap_take_run(&job->dirty, from, max, first);
 }
 
 static void give_back(struct job *job, uint64_t first, uint64_t n, bool ok)
@@ -707,10 +712,11 @@ int job_start(struct job *job)
         int r = pthread_create(&job->seed_thread, NULL, seeder, job);
         if (r) {
             job->seeding = false;
-            if (seed(job, false) < 0) {
+            int e = seed(job, false);
+            if (e < 0) {
                 job->nworkers = 0;
-                job_fail(job, -EIO, mi_lasterr());
-                return -EIO;
+                job_fail(job, e, mi_lasterr());
+                return e;
             }
         } else {
             job->seed_started = true;

@@ -154,19 +154,23 @@ void mij_unmap(struct mij *j)
 /* ---------------------------------------------------------------------------------- */
 /* Processes                                                                            */
 
-/* Async-signal-safe enough for a fork child: no stdio, no allocation. */
-int mij_proc_stat(int pid, char *state, uint64_t *start_ticks, unsigned *threads)
+/* Append v in decimal at p; returns the end. */
+static char *put_dec(char *p, unsigned v)
 {
-    char path[32] = "/proc/", digits[12];
+    char digits[12];
     int n = 0;
-    unsigned v = (unsigned)pid;
     do
         digits[n++] = (char)('0' + v % 10);
     while ((v /= 10) && n < 11);
-    size_t l = 6;
     while (n)
-        path[l++] = digits[--n];
-    memcpy(path + l, "/stat", 6);
+        *p++ = digits[--n];
+    return p;
+}
+
+/* Parse a /proc stat file: state (field 3), num_threads (20, when threads is not NULL) and
+ * starttime (22).  Async-signal-safe enough for a fork child: no stdio, no allocation. */
+static int read_stat(const char *path, char *state, uint64_t *start_ticks, unsigned *threads)
+{
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return -errno;
@@ -176,12 +180,11 @@ int mij_proc_stat(int pid, char *state, uint64_t *start_ticks, unsigned *threads
     if (got <= 0)
         return -EIO;
     buf[got] = '\0';
-    char *p = strrchr(buf, ')');
+    char *p = strrchr(buf, ')'); /* the command name may hold anything */
     if (!p || p[1] != ' ')
         return -EIO;
     p += 2;
     *state = *p;
-    /* state is field 3, num_threads field 20, starttime field 22 */
     for (int f = 3; f < 22; f++) {
         p = strchr(p, ' ');
         if (!p)
@@ -201,10 +204,66 @@ int mij_proc_stat(int pid, char *state, uint64_t *start_ticks, unsigned *threads
     return 0;
 }
 
+int mij_proc_stat(int pid, char *state, uint64_t *start_ticks, unsigned *threads)
+{
+    char path[32] = "/proc/";
+    memcpy(put_dec(path + 6, (unsigned)pid), "/stat", 6);
+    return read_stat(path, state, start_ticks, threads);
+}
+
+/* Is any thread of pid other than a zombie?  Threads that ended under a tracer stay
+ * zombies (and counted in num_threads) until it waits for them: they write nothing.
+ * Reads /proc/PID/task with getdents64 (no allocation).  When it cannot tell: true. */
+static bool some_thread_runs(int pid)
+{
+    char dir[32] = "/proc/";
+    memcpy(put_dec(dir + 6, (unsigned)pid), "/task", 6);
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return errno != ENOENT && errno != ESRCH;
+    bool runs = false, known = true;
+    char buf[4096] __attribute__((aligned(8)));
+    for (;;) {
+        long n = syscall(SYS_getdents64, fd, buf, sizeof buf);
+        if (n < 0)
+            known = false;
+        if (n <= 0)
+            break;
+        for (long at = 0; at < n && !runs;) {
+            /* struct linux_dirent64: ino (8), off (8), reclen (2), type (1), name */
+            unsigned short reclen;
+            memcpy(&reclen, buf + at + 16, sizeof reclen);
+            const char *name = buf + at + 19;
+            at += reclen;
+            if (name[0] < '0' || name[0] > '9')
+                continue;
+            unsigned tid = 0;
+            for (const char *c = name; *c >= '0' && *c <= '9'; c++)
+                tid = tid * 10 + (unsigned)(*c - '0');
+            char path[64]; /* /proc/PID/task/TID/stat */
+            size_t dl = strlen(dir);
+            memcpy(path, dir, dl);
+            path[dl] = '/';
+            memcpy(put_dec(path + dl + 1, tid), "/stat", 6);
+            char st;
+            uint64_t t;
+            int r = read_stat(path, &st, &t, NULL);
+            if (r == -ENOENT || r == -ESRCH)
+                continue; /* gone meanwhile */
+            if (r < 0 || (st != 'Z' && st != 'X' && st != 'x'))
+                runs = true;
+        }
+        if (runs)
+            break;
+    }
+    close(fd);
+    return runs || !known;
+}
+
 /* The state shown for a pid is its main thread's.  A main thread that ended (pthread_exit,
  * or the first of a process's threads to go under SIGKILL) is a zombie while its other
- * threads still run, and one of them may be inside a write: the process is dead only when
- * it is a zombie with no thread left but the main one (num_threads counts the zombie). */
+ * threads still run, and one of them may be inside a write: such a process is dead only
+ * when none of its threads is anything but a zombie. */
 bool mij_pid_alive(int pid, uint64_t start_ticks)
 {
     if (pid <= 0)
@@ -221,7 +280,9 @@ bool mij_pid_alive(int pid, uint64_t start_ticks)
         return false; /* the pid was reused */
     if (state == 'X' || state == 'x')
         return false;
-    return state != 'Z' || threads > 1;
+    if (state != 'Z')
+        return true;
+    return threads > 1 && some_thread_runs(pid);
 }
 
 static void slot_init(struct mij *j, struct mij_slot *s, uint64_t start, bool reset_inflight)

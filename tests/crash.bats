@@ -218,6 +218,48 @@ complete_follow() {
     cmp "$T/src.raw" "$T/dst.raw"
 }
 
+@test "a writer killed under a tracer that has not reaped its threads is dead (all its threads are zombies)" {
+    # A tracer (gdb, strace) reaps a killed tracee's threads itself: until it does, they
+    # are zombies counted in the main thread's num_threads, and none of them can write.
+    cat > "$T/tracer.c" <<'EOF2'
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/ptrace.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    char d[64]; snprintf(d, sizeof d, "/proc/%s/task", argv[1]);
+    DIR *dir = opendir(d); struct dirent *e; int n = 0;
+    while (dir && (e = readdir(dir))) { int tid = atoi(e->d_name); if (tid > 0 && ptrace(PTRACE_SEIZE, tid, 0, 0) == 0) n++; }
+    printf("%d\n", n); fflush(stdout);
+    sleep(atoi(argv[2]));
+    return 0;
+}
+EOF2
+    gcc -O2 -o "$T/tracer" "$T/tracer.c"
+    truncate -s 8M "$T/src.raw"
+    "$MI" run --journal "$J" "$T/src.raw" -- "$BATS_FILE_TMPDIR/loop" "$T/src.raw" 30 3 &
+    runner=$!
+    on_exit "kill -9 $runner"
+    sleep 0.3
+    writer=$(pgrep -P $runner)
+    "$T/tracer" "$writer" 20 > "$T/seized" &
+    tracer=$!
+    on_exit "kill -9 $tracer"
+    wait_for test -s "$T/seized"
+    [ "$(cat "$T/seized")" -eq 4 ]
+    run "$MI" journal status --json "$J"
+    assert_output --partial '"writers-alive": 1,'
+    kill -9 "$writer"
+    is_zombie() { [ "$(cut -d' ' -f3 "/proc/$1/stat")" = Z ]; }
+    wait_for is_zombie "$writer"
+    [ "$(cut -d' ' -f20 /proc/$writer/stat)" -gt 1 ]   # its threads wait for the tracer
+    run "$MI" journal status --json "$J"
+    assert_success
+    assert_output --partial '"writers-alive": 0,'
+    kill -9 $tracer
+}
+
 @test "a writer that died inside a write costs a full pass, never a stale target" {
     truncate -s 8M "$T/src.raw"
     "$MI" follow --json --journal "$J" "$T/src.raw" "$T/dst.raw" > "$T/events" 2>"$T/err" &

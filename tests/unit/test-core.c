@@ -26,6 +26,10 @@ static void test_bitmap(void)
     ok(bitmap_take_run(&b, 0, 100, &first) == 0, "bitmap: nothing to take");
     bitmap_set_range(&b, 190, 100); /* clipped at the end */
     ok(bitmap_count(&b) == 10 && bitmap_next_set(&b, 0) == 190, "bitmap: range clipped to nbits");
+    ok(bitmap_next_set_before(&b, 0, 190) == 190 && bitmap_next_set_before(&b, 0, 191) == 190 &&
+           bitmap_next_set_before(&b, 0, 100) == 100 && bitmap_next_set_before(&b, 150, 500) == 190 &&
+           bitmap_next_set_before(&b, 195, 1000) == 195,
+       "bitmap: next set before a limit (returns the limit, at most nbits, when none)");
     bitmap_clear_range(&b, 195, 2);
     ok(bitmap_count(&b) == 8 && !bitmap_test(&b, 195), "bitmap: clear a range");
     bitmap_set_range(&b, 0, 200);
