@@ -211,25 +211,14 @@ int mij_proc_stat(int pid, char *state, uint64_t *start_ticks, unsigned *threads
     return read_stat(path, state, start_ticks, threads);
 }
 
-/* Is any thread of pid other than a zombie?  Threads that ended under a tracer stay
- * zombies (and counted in num_threads) until it waits for them: they write nothing.
- * Reads /proc/PID/task with getdents64 (no allocation).  When it cannot tell: true. */
-static bool some_thread_runs(int pid)
+int mij_dir_numbers(int dfd, bool (*fn)(unsigned long n, void *ctx), void *ctx)
 {
-    char dir[32] = "/proc/";
-    memcpy(put_dec(dir + 6, (unsigned)pid), "/task", 6);
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return errno != ENOENT && errno != ESRCH;
-    bool runs = false, known = true;
     char buf[4096] __attribute__((aligned(8)));
     for (;;) {
-        long n = syscall(SYS_getdents64, fd, buf, sizeof buf);
-        if (n < 0)
-            known = false;
+        long n = syscall(SYS_getdents64, dfd, buf, sizeof buf);
         if (n <= 0)
-            break;
-        for (long at = 0; at < n && !runs;) {
+            return n < 0 ? -1 : 0;
+        for (long at = 0; at < n;) {
             /* struct linux_dirent64: ino (8), off (8), reclen (2), type (1), name */
             unsigned short reclen;
             memcpy(&reclen, buf + at + 16, sizeof reclen);
@@ -237,27 +226,50 @@ static bool some_thread_runs(int pid)
             at += reclen;
             if (name[0] < '0' || name[0] > '9')
                 continue;
-            unsigned tid = 0;
+            unsigned long v = 0;
             for (const char *c = name; *c >= '0' && *c <= '9'; c++)
-                tid = tid * 10 + (unsigned)(*c - '0');
-            char path[64]; /* /proc/PID/task/TID/stat */
-            size_t dl = strlen(dir);
-            memcpy(path, dir, dl);
-            path[dl] = '/';
-            memcpy(put_dec(path + dl + 1, tid), "/stat", 6);
-            char st;
-            uint64_t t;
-            int r = read_stat(path, &st, &t, NULL);
-            if (r == -ENOENT || r == -ESRCH)
-                continue; /* gone meanwhile */
-            if (r < 0 || (st != 'Z' && st != 'X' && st != 'x'))
-                runs = true;
+                v = v * 10 + (unsigned long)(*c - '0');
+            if (fn(v, ctx))
+                return 1;
         }
-        if (runs)
-            break;
     }
+}
+
+struct task_scan {
+    const char *dir; /* /proc/PID/task */
+};
+
+/* A thread that is not a zombie (or whose state cannot be read): stop. */
+static bool task_runs(unsigned long tid, void *arg)
+{
+    const struct task_scan *ts = arg;
+    char path[64]; /* /proc/PID/task/TID/stat */
+    size_t dl = strlen(ts->dir);
+    memcpy(path, ts->dir, dl);
+    path[dl] = '/';
+    memcpy(put_dec(path + dl + 1, (unsigned)tid), "/stat", 6);
+    char st;
+    uint64_t t;
+    int r = read_stat(path, &st, &t, NULL);
+    if (r == -ENOENT || r == -ESRCH)
+        return false; /* gone meanwhile */
+    return r < 0 || (st != 'Z' && st != 'X' && st != 'x');
+}
+
+/* Is any thread of pid other than a zombie?  Threads that ended under a tracer stay
+ * zombies (and counted in num_threads) until it waits for them: they write nothing.
+ * When it cannot tell: true. */
+static bool some_thread_runs(int pid)
+{
+    char dir[32] = "/proc/";
+    memcpy(put_dec(dir + 6, (unsigned)pid), "/task", 6);
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return errno != ENOENT && errno != ESRCH;
+    struct task_scan ts = {dir};
+    int r = mij_dir_numbers(fd, task_runs, &ts);
     close(fd);
-    return runs || !known;
+    return r != 0;
 }
 
 /* The state shown for a pid is its main thread's.  A main thread that ended (pthread_exit,

@@ -25,6 +25,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <linux/falloc.h>
 #include <pthread.h>
 #include <sched.h>
@@ -1230,6 +1231,13 @@ static void install_bus_handler(void)
     sigaction(SIGBUS, &sa, &old_bus);
 }
 
+static bool scan_one_fd(unsigned long fd, void *dfd)
+{
+    if (fd <= INT_MAX && (int)fd != *(int *)dfd)
+        check_new_fd((int)fd, -1);
+    return false;
+}
+
 /* Descriptors inherited across exec: list /proc/self/fd without allocating. */
 static void scan_fds(void)
 {
@@ -1239,23 +1247,7 @@ static void scan_fds(void)
             check_new_fd(fd, -1);
         return;
     }
-    char buf[4096];
-    long n;
-    while ((n = REAL(syscall)(SYS_getdents64, dfd, buf, sizeof buf)) > 0) {
-        for (long off = 0; off < n;) {
-            uint16_t reclen;
-            memcpy(&reclen, buf + off + 16, sizeof reclen);
-            const char *name = buf + off + 19;
-            off += reclen;
-            if (name[0] < '0' || name[0] > '9')
-                continue;
-            int fd = 0;
-            for (const char *p = name; *p >= '0' && *p <= '9'; p++)
-                fd = fd * 10 + (*p - '0');
-            if (fd != dfd)
-                check_new_fd(fd, -1);
-        }
-    }
+    mij_dir_numbers(dfd, scan_one_fd, &dfd);
     REAL(close)(dfd);
 }
 
