@@ -88,6 +88,15 @@ wait_exit() {
     wait "$pid"
 }
 
+# start_follow: follow $T/src.raw to $T/dst.raw through $J in the background (its pid in
+# FOLLOW, events in $T/events), killed at the end of the test; returns once it is ready.
+start_follow() {
+    "$MI" follow --json --journal "$J" "$T/src.raw" "$T/dst.raw" > "$T/events" 2>"$T/err" &
+    FOLLOW=$!
+    on_exit "kill -9 $FOLLOW"
+    wait_for grep -q BLOCK_JOB_READY "$T/events" || { cat "$T/err"; fail "follow never got ready"; }
+}
+
 # complete_follow: complete the follow running as $FOLLOW (socket $J.sock) and wait for it
 # to exit 0.  A complete that finds a writer dead inside a write is refused (a full pass
 # follows): retry at once (as a script would), then wait until in sync between retries.
@@ -144,10 +153,7 @@ complete_follow() {
     kill -9 $pid
     wait $pid || true
     rm -f "$J.sock"
-    "$MI" follow --json --journal "$J" "$T/src.raw" "$T/dst.raw" > "$T/events" 2>"$T/err" &
-    FOLLOW=$!
-    on_exit "kill -9 $FOLLOW"
-    wait_for grep -q BLOCK_JOB_READY "$T/events" || { cat "$T/err"; fail "follow never got ready"; }
+    start_follow
     run "$MI" complete "$J.sock"
     assert_success
     wait_exit $FOLLOW
@@ -160,10 +166,7 @@ complete_follow() {
 
 @test "a writer killed with -9 in a tight write loop: the journal stays readable, follow ends identical" {
     src_image 16
-    "$MI" follow --json --journal "$J" "$T/src.raw" "$T/dst.raw" > "$T/events" 2>"$T/err" &
-    FOLLOW=$!
-    on_exit "kill -9 $FOLLOW"
-    wait_for grep -q BLOCK_JOB_READY "$T/events" || { cat "$T/err"; fail "follow never got ready"; }
+    start_follow
     "$MI" run --journal "$J" "$T/src.raw" -- "$BATS_FILE_TMPDIR/loop" "$T/src.raw" 30 4 &
     runner=$!
     on_exit "kill -9 $runner"
@@ -195,10 +198,7 @@ complete_follow() {
     # kill -9 while another still finishes its write: the process counts as dead only
     # when no thread is left (a write counted dead too early is lost).
     src_image 16
-    "$MI" follow --json --journal "$J" "$T/src.raw" "$T/dst.raw" > "$T/events" 2>"$T/err" &
-    FOLLOW=$!
-    on_exit "kill -9 $FOLLOW"
-    wait_for grep -q BLOCK_JOB_READY "$T/events" || { cat "$T/err"; fail "follow never got ready"; }
+    start_follow
     "$MI" run --journal "$J" "$T/src.raw" -- "$BATS_FILE_TMPDIR/loop" "$T/src.raw" 2 2 main-exits &
     runner=$!
     on_exit "kill -9 $runner"
@@ -262,10 +262,7 @@ EOF2
 
 @test "a writer that died inside a write costs a full pass, never a stale target" {
     truncate -s 8M "$T/src.raw"
-    "$MI" follow --json --journal "$J" "$T/src.raw" "$T/dst.raw" > "$T/events" 2>"$T/err" &
-    FOLLOW=$!
-    on_exit "kill -9 $FOLLOW"
-    wait_for grep -q BLOCK_JOB_READY "$T/events" || { cat "$T/err"; fail "follow never got ready"; }
+    start_follow
     # What kill -9 inside a pwrite leaves: the bytes landed, the journal never heard of
     # them, and the writer's slot still counts a call in flight (slot 5: in-flight count
     # at +0, pid at +64; slots start at 16384).
@@ -442,10 +439,7 @@ b[4096:] = b"A" * (len(b) - 4096); open(p, "wb").write(b)' "$J"
 
 @test "a follower whose journal is truncated under it stops with a clear error, no SIGBUS" {
     truncate -s 16M "$T/src.raw"
-    "$MI" follow --json --journal "$J" "$T/src.raw" "$T/dst.raw" > "$T/events" 2>"$T/err" &
-    FOLLOW=$!
-    on_exit "kill -9 $FOLLOW"
-    wait_for grep -q BLOCK_JOB_READY "$T/events" || { cat "$T/err"; fail "follow never got ready"; }
+    start_follow
     "$MI" run --journal "$J" "$T/src.raw" -- "$BATS_FILE_TMPDIR/loop" "$T/src.raw" 1.5 2 2>/dev/null &
     runner=$!
     sleep 0.5

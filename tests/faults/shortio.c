@@ -226,6 +226,22 @@ static void count(enum fault f)
                        __ATOMIC_RELAXED);
 }
 
+/* A fault that ends the call before it is made (counted): EINTR, or a return of 0. */
+static bool fault_ends_call(enum fault f, ssize_t *ret)
+{
+    count(f);
+    if (f == F_EINTR) {
+        errno = EINTR;
+        *ret = -1;
+        return true;
+    }
+    if (f == F_ZERO) {
+        *ret = 0;
+        return true;
+    }
+    return false;
+}
+
 static size_t iov_total(const struct iovec *iov, int cnt)
 {
     size_t t = 0;
@@ -257,13 +273,9 @@ static int iov_trim(const struct iovec *iov, int cnt, size_t len, struct iovec *
         enum fault f = choose(fd, n, is_write, &s);                                          \
         if (f == F_NONE)                                                                     \
             return REAL(call) args;                                                          \
-        count(f);                                                                            \
-        if (f == F_EINTR) {                                                                  \
-            errno = EINTR;                                                                   \
-            return -1;                                                                       \
-        }                                                                                    \
-        if (f == F_ZERO)                                                                     \
-            return 0;                                                                        \
+        ssize_t early;                                                                       \
+        if (fault_ends_call(f, &early))                                                      \
+            return early;                                                                    \
         return REAL(call) shortargs;                                                         \
     }
 
@@ -287,13 +299,9 @@ PLAIN(pwrite64(int fd, const void *buf, size_t n, off64_t off), true, pwrite64,
         enum fault f = choose(fd, n, is_write, &s);                                          \
         if (f == F_NONE)                                                                     \
             return REAL(call)(fd, iov, cnt, ##__VA_ARGS__);                                  \
-        count(f);                                                                            \
-        if (f == F_EINTR) {                                                                  \
-            errno = EINTR;                                                                   \
-            return -1;                                                                       \
-        }                                                                                    \
-        if (f == F_ZERO)                                                                     \
-            return 0;                                                                        \
+        ssize_t early;                                                                       \
+        if (fault_ends_call(f, &early))                                                      \
+            return early;                                                                    \
         struct iovec t[MAX_IOV];                                                             \
         int tc = iov_trim(iov, cnt, s, t);                                                   \
         return REAL(call)(fd, t, tc, ##__VA_ARGS__);                                         \
