@@ -858,16 +858,37 @@ uint64_t mij_next_run(struct mij *j, bool copying, uint64_t from, uint64_t *firs
     return n;
 }
 
+/* Chunks dirty and not being copied, in word w. */
+static inline uint64_t takeable(const struct mij *j, uint64_t w)
+{
+    return MIJ_LOAD(&j->dirty[w]) & ~MIJ_LOAD(&j->copying[w]);
+}
+
+/* A chunk that is dirty again while a copy of it is still in flight is not handed out
+ * twice: two copies of one chunk in flight may finish in either order, and the older
+ * read written last would leave the target stale with the dirty bit clear.  It stays
+ * dirty and is taken once the copy in flight is done (the follower's takes and dones are
+ * serialized: one follower per journal, its workers under the job's lock). */
 uint64_t mij_take(struct mij *j, uint64_t from, uint64_t max, uint64_t *first)
 {
-    uint64_t c = next_set(j, j->dirty, from), n = 0;
+    uint64_t c = from, n = 0;
+    while (c < j->nchunks) {
+        uint64_t x = takeable(j, c >> 6) >> (c & 63);
+        if (x) {
+            c += (uint64_t)__builtin_ctzll(x);
+            break;
+        }
+        c = (c | 63) + 1;
+    }
+    if (c > j->nchunks)
+        c = j->nchunks;
     *first = c;
     if (!max)
         max = 1;
     while (c + n < j->nchunks && n < max) {
         uint64_t cc = c + n, w = cc >> 6;
         unsigned b = (unsigned)(cc & 63);
-        uint64_t x = MIJ_LOAD(&j->dirty[w]) >> b;
+        uint64_t x = takeable(j, w) >> b;
         if (!(x & 1))
             break;
         uint64_t ones = ~x ? (uint64_t)__builtin_ctzll(~x) : 64 - b;

@@ -157,6 +157,20 @@ static void test_bitmaps(void)
     ok(n == 1 && first == 12, "12 left");
     mij_done(j, 12, 1);
     ok(mij_take(j, 0, 1000, &first) == 0 && mij_backlog(j, &c) == 0 && c == 0, "empty");
+    /* written again while its copy is in flight: not handed out a second time until the
+     * first copy is done (two copies in flight could land in the wrong order) */
+    mij_mark(j, 5 * g, 1, getpid());
+    ok(mij_take(j, 0, 10, &first) == 1 && first == 5, "take 5");
+    mij_mark(j, 5 * g + 7, 1, getpid());
+    mij_mark(j, 6 * g, 1, getpid());
+    n = mij_take(j, 0, 10, &first);
+    ok(n == 1 && first == 6, "5 dirty again while copying: skipped, 6 taken (%llu+%llu)",
+       (unsigned long long)first, (unsigned long long)n);
+    ok(mij_take(j, 0, 10, &first) == 0, "nothing else to take while 5 is in flight");
+    mij_done(j, 5, 1);
+    ok(mij_take(j, 0, 10, &first) == 1 && first == 5, "5 taken again once its copy is done");
+    mij_done(j, 5, 1);
+    mij_done(j, 6, 1);
     /* a long run across words */
     mij_mark(j, 60 * g, 140 * g, getpid());
     n = mij_take(j, 0, 1000, &first);
