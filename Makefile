@@ -50,7 +50,7 @@ $(B)/mirror-img: $(CLI_OBJ) $(CORE_OBJ)
 $(B)/mirror-img-shim.so: $(SHIM_SRC) lib/journal.h | $(B)/.deps
 	@mkdir -p $(B)
 	$(CC) -std=gnu11 -Wall -Wextra -D_GNU_SOURCE -Ilib -O2 -g -fPIC -shared \
-		-fvisibility=hidden -DMI_SHIM -o $@ $(SHIM_SRC) -ldl $(EXTRA_SHIM_FLAGS)
+		-fvisibility=hidden -fexceptions -DMI_SHIM -o $@ $(SHIM_SRC) -ldl $(EXTRA_SHIM_FLAGS)
 
 # The fault-injection library of tests/faults.bats (short reads and writes, EINTR): libc only.
 $(FAULT_LIB): tests/faults/shortio.c | $(B)/.deps

@@ -142,6 +142,11 @@ static int do_complete(struct follower *f, bool pivot, struct json *ret, char *d
     job_finish(f->job);
     return 0;
 fail:
+    /* Writers may write the target now: copying the source over it would undo them. */
+    if (__atomic_load_n(&f->pivot_broken, __ATOMIC_SEQ_CST)) {
+        job_fail(f->job, -EIO, desc);
+        return -1;
+    }
     pthread_mutex_lock(&f->mu);
     f->completing = false;
     pthread_mutex_unlock(&f->mu);

@@ -19,6 +19,8 @@ static int follow_size_locked(struct follower *f, bool locked);
 static uint64_t supply_take(void *ctx, uint64_t cursor, uint64_t max, uint64_t *first)
 {
     struct follower *f = ctx;
+    if (__atomic_load_n(&f->frozen, __ATOMIC_SEQ_CST))
+        return 0; /* a pivot is out: the target is the writers' now */
     uint64_t n = mij_take(f->j, cursor, max, first);
     /* A write past the end we know of: the file grew; catch up before copying it. */
     if (n && (*first + n) * mij_granularity(f->j) > f->job->size &&
@@ -122,7 +124,7 @@ int jsync_mark_full_pass(struct follower *f, bool everything)
  * writers go, so a quiesce in progress no longer holds: remember it for complete. */
 int jsync_renew(struct follower *f)
 {
-    if (mij_lease_renew(f->j) == -ETIME)
+    if (mij_lease_renew(f->j) == -ETIME || mij_lease_lapsed(f->j))
         __atomic_store_n(&f->lease_lapsed, true, __ATOMIC_SEQ_CST);
     if (__atomic_load_n(&f->lease_lapsed, __ATOMIC_SEQ_CST) && f->completing)
         return mi_seterr(ETIME, "%s: the follower's lease ran out during complete (was it "
@@ -150,6 +152,51 @@ static int drain(struct follower *f, uint64_t timeout_ns)
         nanosleep(&ts, NULL);
     }
 }
+/* Nothing may complete while the journal is untrusted: a reason raised at any moment of
+ * the quiesce (a writer that started stdio or AIO while we drained, a writer that died)
+ * means the target may lack writes. */
+static int settle_trusted(struct follower *f)
+{
+    uint64_t u = mij_untrusted(f->j) & ~MIJ_U_BIT(MIJ_U_BYPASS);
+    if (!u)
+        return 0;
+    char names[256];
+    return mi_seterr(EIO, "%s: journal untrusted: %s: the target is not a consistent copy, "
+                     "not completing", f->o->journal, mij_reasons_str(u, names, sizeof names));
+}
+
+/* Move the writers to the target.  Once the request is out, writers held by the quiesce
+ * switch and write the target: from then on a failure leaves the follower nothing to copy
+ * (the source is no longer the image), so the job ends with it (pivot_broken). */
+static int settle_pivot(struct follower *f)
+{
+    char abs[PATH_MAX];
+    if (!realpath(f->dst->name, abs))
+        return mi_seterr(errno, "%s: %s", f->dst->name, strerror(errno));
+    /* No copy may start once writers can be on the target (the drain left none in
+     * flight); a writer that fails to switch keeps dirtying the source meanwhile. */
+    __atomic_store_n(&f->frozen, true, __ATOMIC_SEQ_CST);
+    if (jsync_renew(f) < 0 || mij_pivot_request(f->j, abs) < 0) {
+        __atomic_store_n(&f->frozen, false, __ATOMIC_SEQ_CST);
+        return -EIO; /* nobody moved */
+    }
+    struct mij_pivot_info pi;
+    int r = mij_pivot_wait(f->j, 5000000000ULL, &pi);
+    if (r == 0 && pi.failed)
+        r = mi_seterr(EIO, "%s: writer %d could not switch to the target: %s", f->o->journal,
+                      pi.first_err_pid, strerror(pi.first_err));
+    if (r == 0)
+        r = mij_pivot_finish(f->j) < 0 ? -ETIME : 0;
+    if (r < 0) {
+        char msg[600];
+        snprintf(msg, sizeof msg, "%s (some writers may already write the target: stopping)",
+                 mi_lasterr());
+        mi_seterr(EIO, "%s", msg);
+        __atomic_store_n(&f->pivot_broken, true, __ATOMIC_SEQ_CST);
+    }
+    return r;
+}
+
 int jsync_settle(struct follower *f, bool pivot, uint64_t *downtime_ms)
 {
     uint64_t t0 = mi_now_ns();
@@ -181,21 +228,14 @@ int jsync_settle(struct follower *f, bool pivot, uint64_t *downtime_ms)
     r = drain(f, 30000000000ULL);
     if (r == 0)
         r = f->dst->ops->flush(f->dst);
-    if (r == 0 && pivot) {
-        struct mij_pivot_info pi;
-        char abs[PATH_MAX];
-        if (!realpath(f->dst->name, abs))
-            r = mi_seterr(errno, "%s: %s", f->dst->name, strerror(errno));
-        if (r == 0)
-            r = mij_pivot_request(f->j, abs);
-        if (r == 0)
-            r = mij_pivot_wait(f->j, 5000000000ULL, &pi);
-        if (r == 0 && pi.failed)
-            r = mi_seterr(EIO, "%s: writer %d could not switch to the target: %s", f->o->journal,
-                          pi.first_err_pid, strerror(pi.first_err));
-    }
+    if (r == 0)
+        r = settle_trusted(f);
+    if (r == 0 && pivot)
+        r = settle_pivot(f);
     if (r == 0)
         r = jsync_renew(f);
+    if (r == 0)
+        r = settle_trusted(f); /* a reason raised by a writer while we pivoted */
     if (r == 0)
         mij_source_observe(f->j, f->src_fd);
     *downtime_ms = (mi_now_ns() - t0) / 1000000;

@@ -26,6 +26,8 @@ struct follower {
     pthread_mutex_t mu;
     bool completing, ready, in_sync;
     bool lease_lapsed; /* the lease ran out since the quiesce began */
+    bool pivot_broken; /* a pivot request went out and failed: nothing more to copy */
+    bool frozen;       /* no chunk is handed to the workers (a pivot is out) */
     uint64_t downtime_ms;
     bool pivoted;
     /* rates, sampled each second by the main loop */

@@ -105,6 +105,13 @@ int mij_map(struct mij *j, int fd, const char *path, bool rdonly)
         return jerr(errno, "%s: %s", path, strerror(errno));
     if (!S_ISREG(st.st_mode))
         return jerr(EINVAL, "%s: not a mirror-img journal (not a regular file)", path);
+    /* The journal steers writers (quiesce, pivot): only its owner may write it. */
+    if (!rdonly && st.st_uid != geteuid())
+        return jerr(EPERM, "%s: journal is owned by uid %u, not by this user (uid %u): refusing it",
+                    path, (unsigned)st.st_uid, (unsigned)geteuid());
+    if (!rdonly && (st.st_mode & 022))
+        return jerr(EPERM, "%s: journal is writable by other users (mode %04o): refusing it", path,
+                    (unsigned)(st.st_mode & 07777));
     if ((uint64_t)st.st_size < MIJ_HEADER_SIZE) {
         if (st.st_size >= 8) {
             char magic[8];
@@ -309,7 +316,7 @@ static void slot_init(struct mij *j, struct mij_slot *s, uint64_t start, bool re
     MIJ_STORE(&s->nmaps, 0);
     MIJ_STORE(&s->pivot_err, 0);
     MIJ_STORE(&s->pivot_ack, MIJ_LOAD(&j->h->pivot_gen));
-    MIJ_STORE(&s->flags, 0);
+    MIJ_STORE(&s->lapsed_qseq, 0);
     MIJ_STORE(&s->start_ticks, start);
     MIJ_STORE(&s->reg_ns, mij_clock(CLOCK_REALTIME));
     MIJ_STORE(&s->last_ns, 0);
@@ -317,17 +324,49 @@ static void slot_init(struct mij *j, struct mij_slot *s, uint64_t start, bool re
     MIJ_STORE(&s->writes_base, MIJ_LOAD(&s->writes));
 }
 
-struct mij_slot *mij_register(struct mij *j, int pid)
+/* Threads of the slot's owner inside a tracked call: the shared count plus the per-thread
+ * markers (mij_w_begin).  seq_cst loads: the follower's side of the Dekker handshake. */
+static unsigned slot_inflight(struct mij_slot *s)
+{
+    unsigned n = MIJ_LOAD(&s->inflight);
+    for (unsigned i = 0; i < MIJ_TMARKS; i++)
+        n += MIJ_LOAD(&s->tmark[i]);
+    return n;
+}
+
+/* The pivot generation the registering process's descriptors are at: those it inherited
+ * come from the image it exec'd from (its own pid's slot) or from its parent (fork, vfork,
+ * posix_spawn), and were switched as far as that one switched them; a process nobody
+ * journaled before starts at the current generation. */
+static uint64_t inherited_ack(struct mij *j, struct mij_slot *own)
+{
+    if (own)
+        return MIJ_LOAD(&own->pivot_ack);
+    int ppid = getppid();
+    for (unsigned i = 1; i < MIJ_NSLOTS; i++)
+        if (MIJ_LOAD(&j->slots[i].pid) == ppid)
+            return MIJ_LOAD(&j->slots[i].pivot_ack);
+    return MIJ_LOAD(&j->h->pivot_gen);
+}
+
+struct mij_slot *mij_register(struct mij *j, int pid, uint64_t *ack)
 {
     char state;
     uint64_t start = 0;
     mij_proc_stat(pid, &state, &start, NULL);
-    /* Our own pid: the slot of the image we exec'd from (its threads are gone). */
+    /* Our own pid: the slot of the image we exec'd from.  Its threads are gone; one that
+     * was inside a write when the exec killed it left its marker raised, and what it
+     * wrote is unknown (execve keeps the start time: the marker is the only witness). */
     for (unsigned i = 1; i < MIJ_NSLOTS; i++)
         if (MIJ_LOAD(&j->slots[i].pid) == pid) {
-            slot_init(j, &j->slots[i], start, true);
-            return &j->slots[i];
+            struct mij_slot *s = &j->slots[i];
+            if (slot_inflight(s))
+                mij_untrust(j, MIJ_U_WRITER_DIED, pid);
+            *ack = inherited_ack(j, s);
+            slot_init(j, s, start, true);
+            return s;
         }
+    *ack = inherited_ack(j, NULL);
     for (unsigned i = 1; i < MIJ_NSLOTS; i++) {
         int32_t zero = 0;
         if (!MIJ_LOADR(&j->slots[i].pid) &&
@@ -343,6 +382,8 @@ struct mij_slot *mij_register(struct mij *j, int pid)
         if (p > 0 && !mij_pid_alive(p, MIJ_LOAD(&j->slots[i].start_ticks)) &&
             __atomic_compare_exchange_n(&j->slots[i].pid, &p, pid, false, __ATOMIC_SEQ_CST,
                                         __ATOMIC_SEQ_CST)) {
+            if (slot_inflight(&j->slots[i]))
+                mij_untrust(j, MIJ_U_WRITER_DIED, p);
             slot_init(j, &j->slots[i], start, true);
             return &j->slots[i];
         }
@@ -365,6 +406,9 @@ int mij_w_hold(struct mij *j, struct mij_slot *s, void (*on_wake)(void))
             break;
         uint64_t exp = MIJ_LOAD(&h->lease_expiry_ns), now = mij_clock(CLOCK_MONOTONIC);
         if (!mij_lease_fresh(h, now)) {
+            /* Let go on a lapsed lease: a pivot asked for during this quiesce must not
+             * move this process, whose writes from now on reach the source unheld. */
+            MIJ_STORE(&s->lapsed_qseq, MIJ_LOAD(&h->quiesce_seq));
             expired = 1;
             break;
         }
@@ -380,22 +424,33 @@ int mij_w_hold(struct mij *j, struct mij_slot *s, void (*on_wake)(void))
     return expired;
 }
 
+/* Built into the shim too: its SIGBUS handler passes on what it does not own. */
+void mij_sigbus_pass(int sig, siginfo_t *si, void *uc, const struct sigaction *old)
+{
+    if ((old->sa_flags & SA_SIGINFO) && old->sa_sigaction) {
+        old->sa_sigaction(sig, si, uc);
+        return;
+    }
+    if (old->sa_handler != SIG_DFL && old->sa_handler != SIG_IGN) {
+        old->sa_handler(sig);
+        return;
+    }
+    /* Default action: uninstall the handler; a fault happens again on return and kills as
+     * it would have; a sent signal is raised again. */
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    sigaction(SIGBUS, &dfl, NULL);
+    if (si->si_code <= 0)
+        raise(SIGBUS);
+}
+
 #ifndef MI_SHIM
 /* ================================================================================== */
 /* Follower side                                                                        */
 
 #include <sys/ioctl.h>
 #include <linux/fs.h>
-
-/* Threads of the slot's owner inside a tracked call: the shared count plus the per-thread
- * markers (mij_w_begin).  seq_cst loads: the follower's side of the Dekker handshake. */
-static unsigned slot_inflight(struct mij_slot *s)
-{
-    unsigned n = MIJ_LOAD(&s->inflight);
-    for (unsigned i = 0; i < MIJ_TMARKS; i++)
-        n += MIJ_LOAD(&s->tmark[i]);
-    return n;
-}
 
 /* A writer that died inside a tracked call: its range is unknown (untrusted until a full
  * pass), and its in-flight marks go, so that no later scan waits for it or reports it
@@ -436,26 +491,6 @@ static void bus_handler(int sig, siginfo_t *si, void *uc)
     mij_sigbus_pass(sig, si, uc, &old_bus);
 }
 
-void mij_sigbus_pass(int sig, siginfo_t *si, void *uc, const struct sigaction *old)
-{
-    if ((old->sa_flags & SA_SIGINFO) && old->sa_sigaction) {
-        old->sa_sigaction(sig, si, uc);
-        return;
-    }
-    if (old->sa_handler != SIG_DFL && old->sa_handler != SIG_IGN) {
-        old->sa_handler(sig);
-        return;
-    }
-    /* Default action: uninstall the handler; a fault happens again on return and kills as
-     * it would have; a sent signal is raised again. */
-    struct sigaction dfl;
-    memset(&dfl, 0, sizeof dfl);
-    dfl.sa_handler = SIG_DFL;
-    sigaction(SIGBUS, &dfl, NULL);
-    if (si->si_code <= 0)
-        raise(SIGBUS);
-}
-
 static void bus_watch(struct mij *j, bool on)
 {
     static bool installed;
@@ -482,11 +517,13 @@ static void bus_watch(struct mij *j, bool on)
 
 static int open_fd(const char *jpath, unsigned flags, struct mij **out)
 {
-    int fd = open(jpath, ((flags & MIJ_RDONLY) ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+    int fd = open(jpath, ((flags & MIJ_RDONLY) ? O_RDONLY : O_RDWR) | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0) {
         int e = errno;
         if (e == ENOENT)
             return jerr(e, "%s: no such journal", jpath);
+        if (e == ELOOP)
+            return jerr(e, "%s: is a symbolic link: refusing it (name the journal itself)", jpath);
         return jerr(e, "%s: cannot open the journal: %s", jpath, strerror(e));
     }
     struct mij *j = calloc(1, sizeof *j);
@@ -797,6 +834,8 @@ int mij_lease_renew(struct mij *j)
     uint64_t now = mij_clock(CLOCK_MONOTONIC);
     uint64_t old = MIJ_LOAD(&j->h->lease_expiry_ns);
     int r = (old && now >= old) ? -ETIME : 0;
+    if (r < 0)
+        j->lapsed = true;
     MIJ_STORE(&j->h->lease_pid, (int32_t)getpid());
     MIJ_STORE(&j->h->lease_expiry_ns, now + j->lease_ns);
     j->lease_last = now + j->lease_ns;
@@ -996,7 +1035,10 @@ int mij_quiesce_begin(struct mij *j, uint64_t timeout_ns, struct mij_quiesce_inf
     if (!j->following)
         return jerr(EPERM, "%s: quiesce needs the follower's lock", j->path);
     mij_lease_renew(j);
+    j->lapsed = false;
     uint64_t t0 = mij_clock(CLOCK_MONOTONIC);
+    uint32_t q = MIJ_LOAD(&j->h->quiesce_seq) + 1;
+    MIJ_STORE(&j->h->quiesce_seq, q ? q : 1); /* 0 is "never" in the slots' lapsed_qseq */
     MIJ_STORE(&j->h->quiesce, 1);
     bool seen_dead[MIJ_NSLOTS] = {false};
     for (unsigned iter = 0;; iter++) {
@@ -1033,14 +1075,20 @@ int mij_quiesce_begin(struct mij *j, uint64_t timeout_ns, struct mij_quiesce_inf
     for (unsigned i = 0; i < MIJ_NSLOTS; i++) {
         struct mij_slot *s = &j->slots[i];
         int pid = MIJ_LOAD(&s->pid);
-        if (!pid || !mij_pid_alive(pid, MIJ_LOAD(&s->start_ticks)))
+        if (!pid)
             continue;
-        if (pid > 0)
+        /* A process that ended without munmap left its stores in the page cache: mark
+         * its mappings once, then forget them. */
+        bool alive = mij_pid_alive(pid, MIJ_LOAD(&s->start_ticks));
+        if (alive && pid > 0)
             qi->writers++;
         uint32_t nm = MIJ_LOAD(&s->nmaps);
         if (!nm)
             continue;
-        qi->maps += nm;
+        if (!alive)
+            MIJ_STORE(&s->nmaps, 0);
+        else
+            qi->maps += nm;
         if (nm > MIJ_SLOT_MAPS) {
             mij_mark_range(j, 0, j->covered);
             continue;
@@ -1081,13 +1129,35 @@ int mij_pivot_request(struct mij *j, const char *target)
         free(abs);
         return jerr(ENAMETOOLONG, "%s: path too long", target);
     }
+    /* Writers act on a request of the lease holder during the quiesce in force (see
+     * mij_pivot_valid): renew now, and refuse if the lease ran out since the quiesce
+     * began, when writers may have written the source unheld after the drain. */
+    if (!MIJ_LOAD(&j->h->quiesce) || (mij_lease_renew(j), j->lapsed)) {
+        free(abs);
+        return jerr(ETIME, "%s: the follower's lease ran out during the quiesce (was it stopped "
+                    "or starved?): the writers went on, so they stay on the source", j->path);
+    }
     char *dst = (char *)j->base + MIJ_OFF_PIVOT_PATH;
     memset(dst, 0, MIJ_PATH_MAX);
     memcpy(dst, abs, strlen(abs));
     free(abs);
+    MIJ_STORE(&j->h->pivot_pid, (int32_t)getpid());
+    MIJ_STORE(&j->h->pivot_qseq, MIJ_LOAD(&j->h->quiesce_seq));
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     __atomic_fetch_add(&j->h->pivot_gen, 1, __ATOMIC_SEQ_CST);
     futex_wake_all(&j->h->quiesce); /* held writers switch while held */
+    return 0;
+}
+
+bool mij_lease_lapsed(const struct mij *j) { return j->lapsed; }
+
+int mij_pivot_finish(struct mij *j)
+{
+    mij_lease_renew(j);
+    if (j->lapsed)
+        return jerr(ETIME, "%s: the follower's lease ran out during the pivot: writers that were "
+                    "let go stay on the source", j->path);
+    MIJ_STORE(&j->h->pivot_done, MIJ_LOAD(&j->h->pivot_gen));
     return 0;
 }
 

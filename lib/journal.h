@@ -165,8 +165,11 @@ struct mij_header {
     uint64_t pivot_gen;       /* bumped by each pivot request */
     uint64_t lease_expiry_ns; /* CLOCK_MONOTONIC; 0 = no follower */
     int32_t lease_pid;
-    uint32_t pad1;
-    uint64_t reserved1[4];
+    uint32_t quiesce_seq;     /* bumped by each quiesce (mij_quiesce_begin) */
+    int32_t pivot_pid;        /* the follower that made the last pivot request */
+    uint32_t pivot_qseq;      /* ... during this quiesce */
+    uint64_t pivot_done;      /* the last pivot generation its follower saw through */
+    uint64_t reserved1[2];
     /* 320: untrusted reasons (bit per enum mij_reason) */
     uint64_t untrusted;
     uint64_t reserved2[7];
@@ -205,7 +208,7 @@ struct mij_slot {
                                 * that owns marker i (the owner process hands them out) */
     /* line 1: owner */
     int32_t pid;           /* 0 = free, -1 = the shared overflow slot */
-    uint32_t flags;
+    uint32_t lapsed_qseq;  /* a quiesce that let this process go when its lease ran out */
     uint64_t start_ticks;  /* /proc/PID/stat starttime: tells a reused pid apart */
     uint64_t reg_ns;       /* CLOCK_REALTIME of registration */
     uint64_t bytes_base, writes_base; /* counters when this owner claimed the slot */
@@ -249,6 +252,7 @@ struct mij {
     unsigned shift;       /* log2(granularity) */
     int fd;               /* -1 in the shim (closed after mapping) */
     bool rdonly, following;
+    bool lapsed;          /* the lease ran out since the quiesce began (follower) */
     uint64_t lease_ns;    /* lease length while following */
     uint64_t lease_last;  /* expiry we last wrote */
     char *path;           /* the journal's path as given (messages) */
@@ -482,8 +486,30 @@ int mij_map(struct mij *j, int fd, const char *path, bool rdonly);
 void mij_unmap(struct mij *j);
 
 /* Register the calling process in the writer registry; returns its slot (slot 0, the
- * shared overflow slot, when the registry is full). */
-struct mij_slot *mij_register(struct mij *j, int pid);
+ * shared overflow slot, when the registry is full).  *ack: the pivot generation the
+ * descriptors it inherited are at (the exec'd-from image's or the parent's, else the
+ * current one).  A previous image of this pid that died inside a write (exec with another
+ * thread in a write) marks the journal untrusted (MIJ_U_WRITER_DIED). */
+struct mij_slot *mij_register(struct mij *j, int pid, uint64_t *ack);
+
+/* May the writer in slot s act on pivot generation gen?  Only on a request of the follower
+ * that holds the lease: either that follower saw the pivot through (pivot_done), or the
+ * request belongs to the quiesce in force now, under that follower's fresh lease, and did
+ * not let this process go when a lease ran out.  A forged or stale generation moves
+ * nobody. */
+static inline bool mij_pivot_valid(const struct mij *j, const struct mij_slot *s, uint64_t gen)
+{
+    const struct mij_header *h = j->h;
+    int32_t by = MIJ_LOAD(&h->pivot_pid);
+    if (by <= 0)
+        return false;
+    if (MIJ_LOAD(&h->pivot_done) == gen)
+        return true;
+    uint32_t q = MIJ_LOAD(&h->quiesce_seq);
+    return MIJ_LOAD(&h->quiesce) && MIJ_LOAD(&h->lease_pid) == by &&
+           MIJ_LOAD(&h->pivot_qseq) == q && MIJ_LOAD(&s->lapsed_qseq) != q &&
+           mij_lease_fresh(h, mij_clock(CLOCK_MONOTONIC));
+}
 
 /* Read PID's state letter, start time and (threads may be NULL) thread count from /proc
  * (0, or -errno). */
@@ -631,6 +657,12 @@ struct mij_pivot_info {
  * -ETIMEDOUT when some are still busy after timeout_ns; failed ones are reported, not an
  * error (they go on writing the source, and the journal is marked untrusted). */
 int mij_pivot_wait(struct mij *j, uint64_t timeout_ns, struct mij_pivot_info *pi);
+/* The pivot is through (every writer switched, the target flushed): writers that were idle
+ * may switch at their next call.  -ETIME when the lease ran out at any moment of this
+ * quiesce (writers may have written the source unheld): then nobody idle switches. */
+int mij_pivot_finish(struct mij *j);
+/* The lease ran out at some moment since this quiesce began. */
+bool mij_lease_lapsed(const struct mij *j);
 
 /* Auto-converge: writers sleep this long before each write (0 = off). */
 void mij_set_delay(struct mij *j, uint32_t us);

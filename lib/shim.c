@@ -27,6 +27,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/falloc.h>
+#include <linux/fs.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -34,7 +35,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <spawn.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/pidfd.h>
+#include <sys/socket.h>
 #include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -89,6 +94,17 @@ REAL_PTR(syscall); REAL_PTR(aio_write); REAL_PTR(aio_write64); REAL_PTR(lio_list
 REAL_PTR(lio_listio64);
 REAL_PTR(fopen); REAL_PTR(fopen64); REAL_PTR(freopen); REAL_PTR(freopen64); REAL_PTR(fdopen);
 REAL_PTR(fclose);
+REAL_PTR(read); REAL_PTR(pread); REAL_PTR(pread64); REAL_PTR(readv); REAL_PTR(preadv);
+REAL_PTR(preadv64); REAL_PTR(preadv2); REAL_PTR(preadv64v2); REAL_PTR(fsync); REAL_PTR(fdatasync);
+REAL_PTR(sync_file_range); REAL_PTR(recvmsg); REAL_PTR(recvmmsg); REAL_PTR(open_by_handle_at);
+REAL_PTR(pidfd_getfd); REAL_PTR(vdprintf); REAL_PTR(posix_spawn_file_actions_addopen);
+REAL_PTR(posix_spawn_file_actions_destroy); REAL_PTR(posix_spawn); REAL_PTR(posix_spawnp);
+REAL_PTR(ioctl);
+/* fortified entry points, declared where they are wrapped */
+static ssize_t (*real___read_chk)(int, void *, size_t, size_t);
+static ssize_t (*real___pread_chk)(int, void *, size_t, off_t, size_t);
+static ssize_t (*real___pread64_chk)(int, void *, size_t, off64_t, size_t);
+static int (*real___vdprintf_chk)(int, int, const char *, va_list);
 
 /* Resolved in the constructor; a call that comes before it (another library's
  * constructor) resolves lazily. */
@@ -172,6 +188,41 @@ static void untrust(enum mij_reason r)
     mij_untrust(&J, r, mypid);
 }
 
+/* stdout and stderr write through glibc's internal write (printf, puts, perror...), out
+ * of the shim's reach, and a buffered stream cannot be marked after its write returns.
+ * The source on one of them, open for writing, is watched (std_watch: bit 1 << fd); once
+ * the stream has been used for output (it has a buffer, or bytes in it) the journal is
+ * untrusted.  A program that writes its stdout with write(2), as dd does, stays tracked.
+ * Checked when the descriptor becomes the source, in every tracked call, at close and at
+ * exit (before exit's own flush). */
+static int std_watch;
+
+static bool std_used(const FILE *f)
+{
+    return f && (f->_IO_buf_base || f->_IO_write_ptr != f->_IO_write_base);
+}
+
+static void std_check(void)
+{
+    int w = __atomic_load_n(&std_watch, __ATOMIC_RELAXED);
+    for (int fd = 1; w && fd <= 2; fd++) {
+        if (!(w & (1 << fd)))
+            continue;
+        if (!(__atomic_load_n(&fdst[fd], __ATOMIC_RELAXED) & FD_TRACKED))
+            __atomic_and_fetch(&std_watch, ~(1 << fd), __ATOMIC_RELAXED);
+        else if (std_used(fd == 1 ? stdout : stderr))
+            untrust(MIJ_U_STDIO);
+    }
+}
+
+static void std_stream_check(int fd, int flags)
+{
+    if ((fd == 1 || fd == 2) && (flags & O_ACCMODE) != O_RDONLY) {
+        __atomic_or_fetch(&std_watch, 1 << fd, __ATOMIC_RELAXED);
+        std_check();
+    }
+}
+
 /* After a call that produced descriptor fd: is it the source?  flags: its open flags, or
  * -1 to ask.  Called with the journal active; keeps errno. */
 static void check_new_fd(int fd, int flags)
@@ -198,6 +249,8 @@ static void check_new_fd(int fd, int flags)
             }
             set_state(fd, src ? (uint8_t)(FD_TRACKED | ((flags & O_APPEND) ? FD_APPEND : 0)) : 0);
         }
+        if (src)
+            std_stream_check(fd, flags);
     }
     errno = e;
 }
@@ -214,6 +267,11 @@ static void copy_state(int from, int to)
     }
     if (st || __atomic_load_n(&fdst[to], __ATOMIC_RELAXED))
         set_state(to, st);
+    if ((st & FD_TRACKED) && (to == 1 || to == 2)) {
+        int e = errno;
+        std_stream_check(to, REAL(fcntl)(to, F_GETFL));
+        errno = e;
+    }
 }
 
 /* O_APPEND is a property of the open file description, shared by dup'd descriptors:
@@ -364,6 +422,8 @@ static void pivot_fds(const char *path, int *err)
  * process to the target (one thread does it; the others wait for it). */
 static void pivot_now(void)
 {
+    if (!may_change_table())
+        return; /* a vfork child: its descriptors are not the ones our table describes */
     uint64_t gen = MIJ_LOAD(&J.h->pivot_gen);
     int zero = 0;
     if (!__atomic_compare_exchange_n(&pivoting, &zero, 1, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
@@ -374,7 +434,9 @@ static void pivot_now(void)
     }
     if (__atomic_load_n(&seen_gen, __ATOMIC_SEQ_CST) != gen) {
         int e = errno, err = 0;
-        if (nwmaps) {
+        if (!mij_pivot_valid(&J, S, gen)) {
+            err = EPERM; /* not asked for by the follower holding the lease: stay */
+        } else if (nwmaps) {
             err = EBUSY; /* stores through a mapping cannot be moved: stay, and say so */
         } else if (__atomic_load_n(&ntracked, __ATOMIC_SEQ_CST)) {
             char path[MIJ_PATH_MAX];
@@ -393,6 +455,14 @@ static void pivot_now(void)
     __atomic_store_n(&pivoting, 0, __ATOMIC_SEQ_CST);
 }
 
+/* A pivot not acted on yet, before a call on fd (reads and flushes too, below). */
+static inline void pivot_check(int fd)
+{
+    if (UNLIKELY(tracked(fd)) &&
+        UNLIKELY(MIJ_LOADR(&J.h->pivot_gen) != __atomic_load_n(&seen_gen, __ATOMIC_RELAXED)))
+        pivot_now();
+}
+
 static void on_wake(void)
 {
     if (MIJ_LOAD(&J.h->pivot_gen) != __atomic_load_n(&seen_gen, __ATOMIC_RELAXED))
@@ -409,7 +479,35 @@ struct wc {
     int64_t before; /* M_STREAM: file position; M_SIZE: file size */
     int e0, mode;
     int mark;       /* this thread's in-flight marker, or -1 (mij_w_begin) */
+    bool live;      /* between wbegin and the end of the call's marking */
+    uint64_t off, n; /* what a positional call may touch (for a cancelled call): n bytes, */
+    const struct iovec *iov; /* or those of iov[0..cnt) when iov is set */
+    int cnt;
 };
+
+static void mark_event(int op, int fd, uint64_t off, uint64_t len);
+static void untrust(enum mij_reason r);
+
+/* A thread cancelled (pthread_cancel) inside the real call unwinds through the wrapper:
+ * the cleanup of its struct wc marks what the call may have written and lowers the
+ * thread's in-flight marker, which would otherwise hold every later quiesce.  The shim
+ * is built with -fexceptions so that the unwinder runs it; on the normal path it is one
+ * test of c->live. */
+static void wc_unwind(struct wc *c)
+{
+    if (__builtin_expect(!c->live, 1))
+        return;
+    uint64_t n = c->n;
+    for (int i = 0; c->iov && i < c->cnt; i++)
+        n += c->iov[i].iov_len;
+    if (n)
+        mark_event(MIJ_OP_WRITE, -1, c->off, n);
+    else
+        untrust(MIJ_U_WRITER_DIED); /* a stream or size change: its range is unknown */
+    mij_w_end(S, c->mark);
+    c->live = false;
+}
+#define WC(c) struct wc c __attribute__((cleanup(wc_unwind))); c.live = false
 
 static int64_t fd_size(int fd)
 {
@@ -421,6 +519,8 @@ static int64_t fd_size(int fd)
  * more (it was switched to the pivot target): the caller then just makes the call. */
 static void delay_write(uint32_t us)
 {
+    if (us > 100000)
+        us = 100000; /* the follower asks for at most 100 ms; a larger value is not its */
     int e = errno;
     struct timespec ts = {(time_t)(us / 1000000), (long)(us % 1000000) * 1000};
     nanosleep(&ts, NULL);
@@ -478,6 +578,8 @@ static inline __attribute__((always_inline)) bool wbegin(struct wc *c, int fd, i
      * follower that asked for it holds a fresh lease */
     if (UNLIKELY(d) && mij_lease_fresh(J.h, mij_clock(CLOCK_MONOTONIC)))
         delay_write(d);
+    if (UNLIKELY(__atomic_load_n(&std_watch, __ATOMIC_RELAXED)))
+        std_check();
     c->mark = thread_mark();
     /* in flight, and the ring entry claimed (the write counts as started) */
     c->idx = mij_w_begin(&J, S, c->mark, on_wake); /* mij_w_hold and pivot_now keep errno */
@@ -489,6 +591,9 @@ static inline __attribute__((always_inline)) bool wbegin(struct wc *c, int fd, i
     }
     c->mode = mode; /* my_tid: set by claim_mark, the thread's first call */
     c->before = 0;
+    c->n = 0;
+    c->iov = NULL;
+    c->live = true;
     if (mode != M_POS) {
         int e = errno;
         c->before = mode == M_STREAM ? lseek(fd, 0, SEEK_CUR) : fd_size(fd);
@@ -505,6 +610,7 @@ static inline __attribute__((always_inline)) void wend_range(struct wc *c, int f
         mij_mark(&J, a, b - a, mypid); /* may record an untrusted reason: keeps errno */
         mij_w_record(&J, S, c->idx, op, fd, a, b - a, mypid, my_tid);
     }
+    c->live = false;
     mij_w_end(S, c->mark);
 }
 
@@ -557,7 +663,7 @@ static inline int data_mode(int fd, int positional)
 
 EXPORT ssize_t write(int fd, const void *buf, size_t n)
 {
-    struct wc c;
+    WC(c);
     if (LIKELY(!tracked(fd)) || !wbegin(&c, fd, data_mode(fd, 0)))
         return REAL(write)(fd, buf, n);
     ssize_t r = REAL(write)(fd, buf, n);
@@ -567,7 +673,7 @@ EXPORT ssize_t write(int fd, const void *buf, size_t n)
 
 EXPORT ssize_t writev(int fd, const struct iovec *iov, int cnt)
 {
-    struct wc c;
+    WC(c);
     if (LIKELY(!tracked(fd)) || !wbegin(&c, fd, data_mode(fd, 0)))
         return REAL(writev)(fd, iov, cnt);
     ssize_t r = REAL(writev)(fd, iov, cnt);
@@ -575,31 +681,52 @@ EXPORT ssize_t writev(int fd, const struct iovec *iov, int cnt)
     return r;
 }
 
-#define PWRITE_LIKE(name, op, args, ...)                                                     \
+/* EXTENT records what the call may touch, for a thread cancelled inside it (wc_unwind). */
+#define PWRITE_LIKE(name, op, args, EXTENT, ...)                                             \
     EXPORT ssize_t name args                                                                 \
     {                                                                                        \
-        struct wc c;                                                                         \
+        WC(c);                                                                               \
         if (LIKELY(!tracked(fd)) || !wbegin(&c, fd, data_mode(fd, 1)))                       \
             return REAL(name)(__VA_ARGS__);                                                  \
+        if (c.mode == M_POS) {                                                               \
+            c.off = (uint64_t)off;                                                           \
+            EXTENT;                                                                          \
+        }                                                                                    \
         ssize_t r = REAL(name)(__VA_ARGS__);                                                 \
         wend(&c, fd, op, r, (uint64_t)off);                                                  \
         return r;                                                                            \
     }
 
-PWRITE_LIKE(pwrite, MIJ_OP_PWRITE, (int fd, const void *buf, size_t n, off_t off), fd, buf, n, off)
-PWRITE_LIKE(pwrite64, MIJ_OP_PWRITE, (int fd, const void *buf, size_t n, off64_t off), fd, buf, n, off)
-PWRITE_LIKE(pwritev, MIJ_OP_PWRITEV, (int fd, const struct iovec *iov, int cnt, off_t off), fd, iov, cnt, off)
-PWRITE_LIKE(pwritev64, MIJ_OP_PWRITEV, (int fd, const struct iovec *iov, int cnt, off64_t off), fd, iov, cnt, off)
+PWRITE_LIKE(pwrite, MIJ_OP_PWRITE, (int fd, const void *buf, size_t n, off_t off), c.n = n, fd, buf, n, off)
+PWRITE_LIKE(pwrite64, MIJ_OP_PWRITE, (int fd, const void *buf, size_t n, off64_t off), c.n = n, fd, buf, n, off)
+PWRITE_LIKE(pwritev, MIJ_OP_PWRITEV, (int fd, const struct iovec *iov, int cnt, off_t off),
+            (c.iov = iov, c.cnt = cnt), fd, iov, cnt, off)
+PWRITE_LIKE(pwritev64, MIJ_OP_PWRITEV, (int fd, const struct iovec *iov, int cnt, off64_t off),
+            (c.iov = iov, c.cnt = cnt), fd, iov, cnt, off)
+
+#ifndef RWF_NOAPPEND
+#define RWF_NOAPPEND 0x00000020 /* Linux 6.9 */
+#endif
+
+/* Where pwritev2 writes: at the end with RWF_APPEND, or on an O_APPEND descriptor unless
+ * RWF_NOAPPEND says otherwise (the kernel honours it from 6.9 on; an older one refuses the
+ * flag with EOPNOTSUPP and writes nothing, so the positional guess costs nothing there);
+ * at the file position for off -1; else at off. */
+static inline int pwritev2_mode(int fd, int64_t off, int flags)
+{
+    if ((flags & RWF_APPEND) || (fd_append(fd) && !(flags & RWF_NOAPPEND)))
+        return M_SIZE;
+    return off == -1 ? M_STREAM : M_POS;
+}
 
 #define PWRITEV2_LIKE(name, offt)                                                            \
     EXPORT ssize_t name(int fd, const struct iovec *iov, int cnt, offt off, int flags)       \
     {                                                                                        \
-        struct wc c;                                                                         \
-        if (LIKELY(!tracked(fd)) ||                                                          \
-            !wbegin(&c, fd, ((flags & RWF_APPEND) || fd_append(fd)) ? M_SIZE                 \
-                            : off == -1                             ? M_STREAM               \
-                                                                    : M_POS))                \
+        WC(c);                                                                               \
+        if (LIKELY(!tracked(fd)) || !wbegin(&c, fd, pwritev2_mode(fd, off, flags)))           \
             return REAL(name)(fd, iov, cnt, off, flags);                                     \
+        if (c.mode == M_POS)                                                                 \
+            c.off = (uint64_t)off, c.iov = iov, c.cnt = cnt;                                 \
         ssize_t r = REAL(name)(fd, iov, cnt, off, flags);                                    \
         wend(&c, fd, MIJ_OP_PWRITEV2, r, (uint64_t)off);                                     \
         return r;                                                                            \
@@ -613,7 +740,7 @@ PWRITEV2_LIKE(pwritev64v2, off64_t)
 #define FTRUNCATE_LIKE(name, offt)                                                           \
     EXPORT int name(int fd, offt len)                                                        \
     {                                                                                        \
-        struct wc c;                                                                         \
+        WC(c);                                                                               \
         if (LIKELY(!tracked(fd)) || !wbegin(&c, fd, M_SIZE))                                 \
             return REAL(name)(fd, len);                                                      \
         int r = REAL(name)(fd, len);                                                         \
@@ -632,7 +759,7 @@ FTRUNCATE_LIKE(ftruncate64, off64_t)
     EXPORT int name(const char *path, offt len)                                              \
     {                                                                                        \
         struct stat st;                                                                      \
-        struct wc c;                                                                         \
+        WC(c);                                                                               \
         int e = errno;                                                                       \
         if (!__atomic_load_n(&active, __ATOMIC_RELAXED) || stat(path, &st) < 0 ||            \
             !mij_is_source(J.h, &st)) {                                                      \
@@ -667,7 +794,7 @@ static void falloc_range(int mode, int64_t before, uint64_t off, uint64_t len, u
 #define FALLOCATE_LIKE(name, offt)                                                           \
     EXPORT int name(int fd, int mode, offt off, offt len)                                    \
     {                                                                                        \
-        struct wc c;                                                                         \
+        WC(c);                                                                               \
         if (LIKELY(!tracked(fd)) || !wbegin(&c, fd, M_SIZE))                                 \
             return REAL(name)(fd, mode, off, len);                                           \
         int r = REAL(name)(fd, mode, off, len);                                              \
@@ -684,7 +811,7 @@ FALLOCATE_LIKE(fallocate64, off64_t)
 #define POSIX_FALLOCATE_LIKE(name, offt)                                                     \
     EXPORT int name(int fd, offt off, offt len)                                              \
     {                                                                                        \
-        struct wc c;                                                                         \
+        WC(c);                                                                               \
         if (LIKELY(!tracked(fd)) || !wbegin(&c, fd, M_POS))                                  \
             return REAL(name)(fd, off, len);                                                 \
         int r = REAL(name)(fd, off, len);                                                    \
@@ -699,7 +826,7 @@ POSIX_FALLOCATE_LIKE(posix_fallocate64, off64_t)
 EXPORT ssize_t copy_file_range(int in, off64_t *off_in, int out, off64_t *off_out, size_t len,
                                unsigned flags)
 {
-    struct wc c;
+    WC(c);
     if (LIKELY(!tracked(out)) || !wbegin(&c, out, off_out ? M_POS : data_mode(out, 0)))
         return REAL(copy_file_range)(in, off_in, out, off_out, len, flags);
     ssize_t r = REAL(copy_file_range)(in, off_in, out, off_out, len, flags);
@@ -711,7 +838,7 @@ EXPORT ssize_t copy_file_range(int in, off64_t *off_in, int out, off64_t *off_ou
 EXPORT ssize_t splice(int in, off64_t *off_in, int out, off64_t *off_out, size_t len,
                       unsigned flags)
 {
-    struct wc c;
+    WC(c);
     if (LIKELY(!tracked(out)) || !wbegin(&c, out, off_out ? M_POS : data_mode(out, 0)))
         return REAL(splice)(in, off_in, out, off_out, len, flags);
     ssize_t r = REAL(splice)(in, off_in, out, off_out, len, flags);
@@ -722,7 +849,7 @@ EXPORT ssize_t splice(int in, off64_t *off_in, int out, off64_t *off_out, size_t
 #define SENDFILE_LIKE(name, offt)                                                            \
     EXPORT ssize_t name(int out, int in, offt *off, size_t count)                            \
     {                                                                                        \
-        struct wc c;                                                                         \
+        WC(c);                                                                               \
         if (LIKELY(!tracked(out)) || !wbegin(&c, out, data_mode(out, 0)))                    \
             return REAL(name)(out, in, off, count);                                          \
         ssize_t r = REAL(name)(out, in, off, count);                                         \
@@ -751,7 +878,7 @@ static bool trunc_target(int dirfd, const char *path, int flags, struct stat *st
     if (!__atomic_load_n(&active, __ATOMIC_RELAXED))                                         \
         return call;                                                                         \
     struct stat st_;                                                                         \
-    struct wc c_;                                                                            \
+    WC(c_);                                                                            \
     bool tr_ = trunc_target(dirfd, path, flags, &st_) && wbegin(&c_, -1, M_POS);             \
     int fd_ = call;                                                                          \
     check_new_fd(fd_, flags);                                                                \
@@ -838,6 +965,8 @@ EXPORT int fcntl64(int fd, int cmd, ...)
  * another thread's open, whose tracking we must not undo. */
 EXPORT int close(int fd)
 {
+    if (UNLIKELY(__atomic_load_n(&std_watch, __ATOMIC_RELAXED)))
+        std_check();
     if ((unsigned)fd < FD_MAX && __atomic_load_n(&fdst[fd], __ATOMIC_RELAXED) && may_change_table())
         set_state(fd, 0);
     return REAL(close)(fd);
@@ -872,6 +1001,7 @@ EXPORT void closefrom(int low)
 #define MMAP_LIKE(name, offt)                                                                \
     EXPORT void *name(void *addr, size_t len, int prot, int flags, int fd, offt off)         \
     {                                                                                        \
+        pivot_check(fd); /* a mapping made after a pivot maps the target */                 \
         void *p = REAL(name)(addr, len, prot, flags, fd, off);                               \
         if (p == MAP_FAILED || !tracked(fd) || !(flags & MAP_SHARED))                        \
             return p;                                                                        \
@@ -981,6 +1111,46 @@ static bool raw_write_nr(long nr, long a1, long a3)
     }
 }
 
+/* Descriptors made by raw system calls (openat2 has no glibc wrapper): track them as if
+ * the wrapper had made them.  An open that truncated the source cannot be marked
+ * before the fact: its range is unknown, so a full pass follows (raw_syscall). */
+static void raw_new_fd(long nr, long r, long a1, long a2, long a3)
+{
+    int flags = -1;
+    switch (nr) {
+#ifdef SYS_open
+    case SYS_open: flags = (int)a2; break;
+    case SYS_creat: flags = O_CREAT | O_WRONLY | O_TRUNC; break;
+#endif
+    case SYS_openat: flags = (int)a3; break;
+    case SYS_openat2: {
+        uint64_t f = 0; /* struct open_how starts with the u64 flags */
+        if (a3 >= 8 && a3 <= 4096 && a2)
+            memcpy(&f, (const void *)a2, sizeof f);
+        flags = (int)f;
+        break;
+    }
+    case SYS_open_by_handle_at: flags = (int)a3; break;
+    case SYS_pidfd_getfd: check_new_fd((int)r, -1); return;
+#ifdef SYS_dup2
+    case SYS_dup2:
+#endif
+    case SYS_dup: case SYS_dup3:
+        if (r != a1)
+            copy_state((int)a1, (int)r);
+        return;
+    case SYS_fcntl:
+        if (a2 == F_DUPFD || a2 == F_DUPFD_CLOEXEC)
+            copy_state((int)a1, (int)r);
+        return;
+    default:
+        return;
+    }
+    check_new_fd((int)r, flags);
+    if ((flags & O_TRUNC) && (flags & O_ACCMODE) != O_RDONLY && tracked((int)r))
+        untrust(MIJ_U_RAW_SYSCALL);
+}
+
 EXPORT long syscall(long nr, ...)
 {
     va_list ap;
@@ -988,9 +1158,14 @@ EXPORT long syscall(long nr, ...)
     long a1 = va_arg(ap, long), a2 = va_arg(ap, long), a3 = va_arg(ap, long);
     long a4 = va_arg(ap, long), a5 = va_arg(ap, long), a6 = va_arg(ap, long);
     va_end(ap);
+    if (nr == SYS_close && __atomic_load_n(&active, __ATOMIC_RELAXED) && (unsigned long)a1 < FD_MAX &&
+        __atomic_load_n(&fdst[a1], __ATOMIC_RELAXED) && may_change_table())
+        set_state((int)a1, 0); /* as close(): before the number can be reused */
     long r = REAL(syscall)(nr, a1, a2, a3, a4, a5, a6);
     if (__atomic_load_n(&active, __ATOMIC_RELAXED)) {
         int e = errno;
+        if (r >= 0)
+            raw_new_fd(nr, r, a1, a2, a3);
         if (nr == SYS_io_uring_setup)
             untrust(MIJ_U_IO_URING_SETUP);
         else if (nr == SYS_io_submit)
@@ -1203,6 +1378,252 @@ EXPORT int io_uring_setup(unsigned entries, void *p)
 }
 
 /* ---------------------------------------------------------------------------------- */
+/* A pivot reaches idle writers at any call on the source, not only writes: a read, a
+ * flush or a new mapping after the pivot must see the target.                          */
+
+#define PIVOT_FIRST(ret, name, params, ...)                                                  \
+    EXPORT ret name params                                                                   \
+    {                                                                                        \
+        pivot_check(fd);                                                                     \
+        return REAL(name)(__VA_ARGS__);                                                      \
+    }
+
+PIVOT_FIRST(ssize_t, read, (int fd, void *b, size_t n), fd, b, n)
+PIVOT_FIRST(ssize_t, pread, (int fd, void *b, size_t n, off_t o), fd, b, n, o)
+PIVOT_FIRST(ssize_t, pread64, (int fd, void *b, size_t n, off64_t o), fd, b, n, o)
+PIVOT_FIRST(ssize_t, readv, (int fd, const struct iovec *v, int c), fd, v, c)
+PIVOT_FIRST(ssize_t, preadv, (int fd, const struct iovec *v, int c, off_t o), fd, v, c, o)
+PIVOT_FIRST(ssize_t, preadv64, (int fd, const struct iovec *v, int c, off64_t o), fd, v, c, o)
+PIVOT_FIRST(ssize_t, preadv2, (int fd, const struct iovec *v, int c, off_t o, int f), fd, v, c, o, f)
+PIVOT_FIRST(ssize_t, preadv64v2, (int fd, const struct iovec *v, int c, off64_t o, int f), fd, v, c, o, f)
+PIVOT_FIRST(int, fsync, (int fd), fd)
+PIVOT_FIRST(int, fdatasync, (int fd), fd)
+PIVOT_FIRST(int, sync_file_range, (int fd, off64_t o, off64_t n, unsigned int f), fd, o, n, f)
+/* glibc's fortified entry points (_FORTIFY_SOURCE) */
+ssize_t __read_chk(int fd, void *b, size_t n, size_t bl);
+ssize_t __pread_chk(int fd, void *b, size_t n, off_t o, size_t bl);
+ssize_t __pread64_chk(int fd, void *b, size_t n, off64_t o, size_t bl);
+PIVOT_FIRST(ssize_t, __read_chk, (int fd, void *b, size_t n, size_t bl), fd, b, n, bl)
+PIVOT_FIRST(ssize_t, __pread_chk, (int fd, void *b, size_t n, off_t o, size_t bl), fd, b, n, o, bl)
+PIVOT_FIRST(ssize_t, __pread64_chk, (int fd, void *b, size_t n, off64_t o, size_t bl), fd, b, n, o, bl)
+
+/* ---------------------------------------------------------------------------------- */
+/* Descriptors that reach the process other than by open: received over a socket
+ * (SCM_RIGHTS: how libvirt hands images to QEMU), taken from another process
+ * (pidfd_getfd), opened from a file handle.                                            */
+
+static void check_rights(const struct msghdr *m)
+{
+    if (!m || !m->msg_control || m->msg_controllen < sizeof(struct cmsghdr))
+        return;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(m); c; c = CMSG_NXTHDR((struct msghdr *)m, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS || c->cmsg_len < CMSG_LEN(0))
+            continue;
+        size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < n; i++) {
+            int fd;
+            memcpy(&fd, CMSG_DATA(c) + i * sizeof fd, sizeof fd);
+            check_new_fd(fd, -1);
+        }
+    }
+}
+
+EXPORT ssize_t recvmsg(int s, struct msghdr *m, int flags)
+{
+    ssize_t r = REAL(recvmsg)(s, m, flags);
+    if (r >= 0 && __atomic_load_n(&active, __ATOMIC_RELAXED))
+        check_rights(m);
+    return r;
+}
+
+EXPORT int recvmmsg(int s, struct mmsghdr *v, unsigned int n, int flags, struct timespec *t)
+{
+    int r = REAL(recvmmsg)(s, v, n, flags, t);
+    for (int i = 0; i < r && __atomic_load_n(&active, __ATOMIC_RELAXED); i++)
+        check_rights(&v[i].msg_hdr);
+    return r;
+}
+
+EXPORT int open_by_handle_at(int mount_fd, struct file_handle *h, int flags)
+{
+    int r = REAL(open_by_handle_at)(mount_fd, h, flags);
+    if (r >= 0 && __atomic_load_n(&active, __ATOMIC_RELAXED))
+        check_new_fd(r, flags);
+    return r;
+}
+
+EXPORT int pidfd_getfd(int pidfd, int targetfd, unsigned int flags)
+{
+    int r = REAL(pidfd_getfd)(pidfd, targetfd, flags);
+    if (r >= 0 && __atomic_load_n(&active, __ATOMIC_RELAXED))
+        check_new_fd(r, -1);
+    return r;
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Writes glibc makes with its internal write: dprintf flushes before it returns, so it is
+ * marked like a write at the descriptor's position.                                   */
+
+EXPORT int vdprintf(int fd, const char *fmt, va_list ap)
+{
+    WC(c);
+    if (LIKELY(!tracked(fd)) || !wbegin(&c, fd, data_mode(fd, 0)))
+        return REAL(vdprintf)(fd, fmt, ap);
+    int r = REAL(vdprintf)(fd, fmt, ap);
+    wend(&c, fd, MIJ_OP_WRITE, r, 0);
+    return r;
+}
+
+EXPORT int dprintf(int fd, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int r = vdprintf(fd, fmt, ap);
+    va_end(ap);
+    return r;
+}
+
+int __vdprintf_chk(int fd, int flag, const char *fmt, va_list ap);
+EXPORT int __vdprintf_chk(int fd, int flag, const char *fmt, va_list ap)
+{
+    WC(c);
+    if (LIKELY(!tracked(fd)) || !wbegin(&c, fd, data_mode(fd, 0)))
+        return REAL(__vdprintf_chk)(fd, flag, fmt, ap);
+    int r = REAL(__vdprintf_chk)(fd, flag, fmt, ap);
+    wend(&c, fd, MIJ_OP_WRITE, r, 0);
+    return r;
+}
+
+int __dprintf_chk(int fd, int flag, const char *fmt, ...);
+EXPORT int __dprintf_chk(int fd, int flag, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int r = __vdprintf_chk(fd, flag, fmt, ap);
+    va_end(ap);
+    return r;
+}
+
+/* posix_spawn runs its file actions in the child with glibc's internal open: an action
+ * that opens the source with O_TRUNC empties it unseen.  Such action lists are
+ * remembered here, and the spawn is marked like a truncate to 0 of the source.         */
+
+#define SPAWN_TRUNC_MAX 16
+static const posix_spawn_file_actions_t *spawn_trunc[SPAWN_TRUNC_MAX];
+
+static bool spawn_truncates(const posix_spawn_file_actions_t *fa)
+{
+    for (int i = 0; fa && i < SPAWN_TRUNC_MAX; i++)
+        if (__atomic_load_n(&spawn_trunc[i], __ATOMIC_SEQ_CST) == fa)
+            return true;
+    return false;
+}
+
+static void spawn_forget(const posix_spawn_file_actions_t *fa)
+{
+    for (int i = 0; i < SPAWN_TRUNC_MAX; i++) {
+        const posix_spawn_file_actions_t *want = fa;
+        __atomic_compare_exchange_n(&spawn_trunc[i], &want, NULL, false, __ATOMIC_SEQ_CST,
+                                    __ATOMIC_SEQ_CST);
+    }
+}
+
+EXPORT int posix_spawn_file_actions_addopen(posix_spawn_file_actions_t *fa, int fd,
+                                            const char *path, int oflag, mode_t mode)
+{
+    int r = REAL(posix_spawn_file_actions_addopen)(fa, fd, path, oflag, mode);
+    if (r || !__atomic_load_n(&active, __ATOMIC_RELAXED) || !(oflag & O_TRUNC) ||
+        (oflag & O_ACCMODE) == O_RDONLY || spawn_truncates(fa))
+        return r;
+    int e = errno;
+    struct stat st;
+    if (stat(path, &st) == 0 && mij_is_source(J.h, &st)) {
+        int i;
+        for (i = 0; i < SPAWN_TRUNC_MAX; i++) {
+            const posix_spawn_file_actions_t *none = NULL;
+            if (__atomic_compare_exchange_n(&spawn_trunc[i], &none, fa, false, __ATOMIC_SEQ_CST,
+                                            __ATOMIC_SEQ_CST))
+                break;
+        }
+        if (i == SPAWN_TRUNC_MAX)
+            untrust(MIJ_U_STDIO); /* cannot remember it: say so rather than miss it */
+    }
+    errno = e;
+    return r;
+}
+
+EXPORT int posix_spawn_file_actions_destroy(posix_spawn_file_actions_t *fa)
+{
+    spawn_forget(fa);
+    return REAL(posix_spawn_file_actions_destroy)(fa);
+}
+
+#define SPAWN_LIKE(name)                                                                     \
+    EXPORT int name(pid_t *pid, const char *path, const posix_spawn_file_actions_t *fa,      \
+                    const posix_spawnattr_t *at, char *const argv[], char *const envp[])     \
+    {                                                                                        \
+        WC(c);                                                                               \
+        int64_t size = -1;                                                                   \
+        if (__atomic_load_n(&active, __ATOMIC_RELAXED) && spawn_truncates(fa)) {             \
+            int e = errno;                                                                   \
+            struct stat st;                                                                  \
+            if (stat((const char *)J.base + MIJ_OFF_SRC_PATH, &st) == 0 && mij_is_source(J.h, &st))           \
+                size = (int64_t)st.st_size;                                                  \
+            errno = e;                                                                       \
+        }                                                                                    \
+        if (size < 0 || !wbegin(&c, -1, M_POS))                                              \
+            return REAL(name)(pid, path, fa, at, argv, envp);                                \
+        int r = REAL(name)(pid, path, fa, at, argv, envp);                                   \
+        /* the child may still be running its actions: wait for the truncation we mark */   \
+        wend_range(&c, -1, MIJ_OP_TRUNCATE, 0, r ? 0 : (uint64_t)size);                      \
+        return r;                                                                            \
+    }
+
+SPAWN_LIKE(posix_spawn)
+SPAWN_LIKE(posix_spawnp)
+
+/* ---------------------------------------------------------------------------------- */
+/* Block devices: QEMU zeroes and discards host devices with ioctls.  FICLONE and
+ * FICLONERANGE replace a file's extents with another's.                               */
+
+static bool ioctl_writes(unsigned long req)
+{
+    return req == BLKZEROOUT || req == BLKDISCARD || req == BLKSECDISCARD || req == FICLONE ||
+           req == FICLONERANGE;
+}
+
+EXPORT int ioctl(int fd, unsigned long req, ...)
+{
+    va_list ap;
+    va_start(ap, req);
+    void *arg = va_arg(ap, void *);
+    va_end(ap);
+    WC(c);
+    if (LIKELY(!tracked(fd)) || !ioctl_writes(req) || !wbegin(&c, fd, M_SIZE))
+        return REAL(ioctl)(fd, req, arg);
+    int r = REAL(ioctl)(fd, req, arg);
+    uint64_t a = 0, b = 0;
+    if (r == 0) { /* the kernel read arg: it is readable */
+        if (req == FICLONE) {
+            int64_t after = fd_size(fd);
+            b = (uint64_t)(after > c.before ? after : c.before);
+        } else if (req == FICLONERANGE) {
+            struct file_clone_range fcr;
+            memcpy(&fcr, arg, sizeof fcr);
+            a = fcr.dest_offset;
+            b = fcr.src_length ? a + fcr.src_length : J.covered; /* 0: to the source's end */
+        } else {
+            uint64_t range[2];
+            memcpy(range, arg, sizeof range);
+            a = range[0];
+            b = range[0] + range[1];
+        }
+    }
+    wend_range(&c, fd, MIJ_OP_FALLOCATE, a, b);
+    return r;
+}
+
+/* ---------------------------------------------------------------------------------- */
 /* Loading, fork, SIGBUS                                                                */
 
 static struct sigaction old_bus;
@@ -1261,10 +1682,21 @@ static void after_fork_child(void)
     pivoting = 0;
     memset(mark_owner, 0, sizeof mark_owner); /* the markers were our parent's slot's */
     my_mark = 0;
-    S = mij_register(&J, mypid);
+    uint64_t ack;
+    S = mij_register(&J, mypid, &ack); /* our memory says where our descriptors are */
     MIJ_STORE(&S->tracked, (uint32_t)__atomic_load_n(&ntracked, __ATOMIC_SEQ_CST));
     MIJ_STORE(&S->pivot_ack, __atomic_load_n(&seen_gen, __ATOMIC_SEQ_CST));
     maps_publish();
+}
+
+/* exit flushes stdio after the destructors: a stream used on the source is seen here */
+__attribute__((destructor)) static void shim_fini(void)
+{
+    if (__atomic_load_n(&active, __ATOMIC_RELAXED)) {
+        int e = errno;
+        std_check();
+        errno = e;
+    }
 }
 
 __attribute__((constructor)) static void shim_init(void)
@@ -1274,9 +1706,11 @@ __attribute__((constructor)) static void shim_init(void)
     if (!jp || !*jp)
         return;
     int e = errno;
-    int fd = REAL(open)(jp, O_RDWR | O_CLOEXEC);
+    /* Never through a symbolic link; mij_map refuses a journal of another owner or one
+     * that others may write: nothing another user can write steers this process. */
+    int fd = REAL(open)(jp, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0) {
-        say(jp, ": cannot open the journal: ", strerror(errno));
+        say(jp, ": cannot open the journal: ", errno == ELOOP ? "a symbolic link" : strerror(errno));
         say(jp, ": ", "not journaling");
         errno = e;
         return;
@@ -1290,9 +1724,12 @@ __attribute__((constructor)) static void shim_init(void)
     }
     mypid = getpid();
     my_tid = gettid();
-    S = mij_register(&J, mypid);
-    seen_gen = MIJ_LOAD(&J.h->pivot_gen);
-    MIJ_STORE(&S->pivot_ack, seen_gen);
+    uint64_t ack;
+    S = mij_register(&J, mypid, &ack);
+    /* Inherited descriptors are still where the previous image or the parent left them: a
+     * pivot it did not act on is ours to act on (at the next call on the source). */
+    seen_gen = ack;
+    MIJ_STORE(&S->pivot_ack, ack);
     install_bus_handler();
     __atomic_store_n(&active, 1, __ATOMIC_SEQ_CST);
     scan_fds();

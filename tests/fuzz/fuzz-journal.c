@@ -135,7 +135,7 @@ static void follower(struct mij *j, const uint8_t *d, size_t size)
  * taken from the file). */
 static void writer(struct mij *j, const uint8_t *d, size_t size)
 {
-    struct mij_slot *s = mij_register(j, getpid());
+    struct mij_slot *s = mij_register(j, getpid(), &(uint64_t){0});
     uint64_t idx = mij_w_start(j);
     mij_mark(j, tail64(d, size, 4), tail64(d, size, 5), getpid());
     mij_w_record(j, s, idx, MIJ_OP_PWRITE, 3, tail64(d, size, 4), tail64(d, size, 5), getpid(), 1);

@@ -41,7 +41,7 @@ static void writer_map(void)
     if (fd < 0 || mij_map(&W, fd, jpath, false) < 0)
         exit(98);
     close(fd);
-    WS = mij_register(&W, getpid());
+    WS = mij_register(&W, getpid(), &(uint64_t){0});
 }
 
 static void test_create_open(void)
@@ -280,7 +280,7 @@ static void test_quiesce(void)
     /* a writer that dies inside a write does not block a quiesce */
     pid_t pid = fork();
     if (pid == 0) {
-        struct mij_slot *s = mij_register(&W, getpid());
+        struct mij_slot *s = mij_register(&W, getpid(), &(uint64_t){0});
         __atomic_fetch_add(&s->inflight, 1, __ATOMIC_SEQ_CST);
         _exit(0);
     }
@@ -310,8 +310,19 @@ static void test_quiesce(void)
     char tgt[160];
     snprintf(tgt, sizeof tgt, "%s/target.raw", dir);
     make_file(tgt, 1 << 20);
+    ok(mij_pivot_request(j, tgt) == -ETIME && MIJ_LOAD(&j->h->pivot_gen) == g0,
+       "a pivot is asked for only during a quiesce: %s", mi_lasterr());
+    /* a generation bumped by anybody else (a forged request) moves no writer */
+    MIJ_STORE(&j->h->pivot_gen, g0 + 7);
+    ok(!mij_pivot_valid(&W, WS, g0 + 7), "a forged pivot generation is not acted on");
+    MIJ_STORE(&j->h->pivot_gen, g0);
+    ok(mij_quiesce_begin(j, 1000000000ull, NULL) == 0, "quiesce for the pivot");
     ok(mij_pivot_request(j, tgt) == 0 && MIJ_LOAD(&j->h->pivot_gen) == g0 + 1 &&
        !strcmp((char *)j->base + MIJ_OFF_PIVOT_PATH, tgt), "pivot request: generation and path");
+    ok(mij_pivot_valid(&W, WS, g0 + 1), "a held writer may act on it (quiesce, fresh lease)");
+    MIJ_STORE(&WS->lapsed_qseq, MIJ_LOAD(&j->h->quiesce_seq));
+    ok(!mij_pivot_valid(&W, WS, g0 + 1), "not a writer that a lapsed lease let go in this quiesce");
+    MIJ_STORE(&WS->lapsed_qseq, 0);
     struct mij_pivot_info pi;
     ok(mij_pivot_wait(j, 100000000ull, &pi) == 0 && pi.idle >= 1, "an idle writer counts as done (it switches later)");
     __atomic_fetch_add(&WS->inflight, 1, __ATOMIC_SEQ_CST);
@@ -319,8 +330,13 @@ static void test_quiesce(void)
     MIJ_STORE(&WS->pivot_ack, g0 + 1);
     ok(mij_pivot_wait(j, 50000000ull, &pi) == 0 && pi.switched >= 1, "an acknowledged writer counts as switched");
     __atomic_fetch_sub(&WS->inflight, 1, __ATOMIC_SEQ_CST);
+    ok(mij_pivot_finish(j) == 0, "pivot seen through");
+    mij_quiesce_end(j);
+    ok(mij_pivot_valid(&W, WS, g0 + 1), "an idle writer acts on it later (pivot done)");
     MIJ_STORE(&WS->tracked, 0);
+    mij_quiesce_begin(j, 1000000000ull, NULL);
     ok(mij_pivot_request(j, "/nonexistent/x") < 0, "pivot to a missing target refused");
+    mij_quiesce_end(j);
 
     mij_set_delay(j, 1500);
     ok(mij_get_delay(j) == 1500 && MIJ_LOAD(&W.h->delay_us) == 1500, "auto-converge delay reaches writers");
