@@ -1275,6 +1275,8 @@ static const struct {
     [MIJ_U_BYPASS] = {"bypass", "the source changed behind the shim (size or change time)"},
     [MIJ_U_PIVOT_FAILED] = {"pivot_failed", "a writer could not switch to the pivot target"},
     [MIJ_U_MMAP_TABLE] = {"mmap_table", "too many shared mappings of the source to track"},
+    [MIJ_U_EXEC] = {"exec_without_shim", "a program started without the shim inherited the "
+                    "source open (its environment dropped MIRROR_IMG_JOURNAL or LD_PRELOAD)"},
 };
 
 const char *mij_reason_name(unsigned r) { return r < MIJ_U_NREASONS ? reasons[r].name : "unknown"; }

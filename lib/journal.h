@@ -111,6 +111,7 @@ enum mij_reason {
     MIJ_U_BYPASS,             /* the source changed behind the shim (size/ctime) */
     MIJ_U_PIVOT_FAILED,       /* a writer could not switch to the pivot target */
     MIJ_U_MMAP_TABLE,         /* too many shared mappings of the source to track */
+    MIJ_U_EXEC,               /* a program run without the shim inherited the source */
     MIJ_U_NREASONS
 };
 #define MIJ_U_BIT(r) (1ull << (r))

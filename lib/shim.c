@@ -99,7 +99,7 @@ REAL_PTR(preadv64); REAL_PTR(preadv2); REAL_PTR(preadv64v2); REAL_PTR(fsync); RE
 REAL_PTR(sync_file_range); REAL_PTR(recvmsg); REAL_PTR(recvmmsg); REAL_PTR(open_by_handle_at);
 REAL_PTR(pidfd_getfd); REAL_PTR(vdprintf); REAL_PTR(posix_spawn_file_actions_addopen);
 REAL_PTR(posix_spawn_file_actions_destroy); REAL_PTR(posix_spawn); REAL_PTR(posix_spawnp);
-REAL_PTR(ioctl);
+REAL_PTR(ioctl); REAL_PTR(execv); REAL_PTR(execvp); REAL_PTR(execve); REAL_PTR(execvpe); REAL_PTR(fexecve);
 /* fortified entry points, declared where they are wrapped */
 static ssize_t (*real___read_chk)(int, void *, size_t, size_t);
 static ssize_t (*real___pread_chk)(int, void *, size_t, off_t, size_t);
@@ -1508,6 +1508,8 @@ EXPORT int __dprintf_chk(int fd, int flag, const char *fmt, ...)
  * that opens the source with O_TRUNC empties it unseen.  Such action lists are
  * remembered here, and the spawn is marked like a truncate to 0 of the source.         */
 
+static void exec_check(char *const envp[]);
+
 #define SPAWN_TRUNC_MAX 16
 static const posix_spawn_file_actions_t *spawn_trunc[SPAWN_TRUNC_MAX];
 
@@ -1571,6 +1573,7 @@ EXPORT int posix_spawn_file_actions_destroy(posix_spawn_file_actions_t *fa)
                 size = (int64_t)st.st_size;                                                  \
             errno = e;                                                                       \
         }                                                                                    \
+        exec_check(envp);                                                                    \
         if (size < 0 || !wbegin(&c, -1, M_POS))                                              \
             return REAL(name)(pid, path, fa, at, argv, envp);                                \
         int r = REAL(name)(pid, path, fa, at, argv, envp);                                   \
@@ -1581,6 +1584,123 @@ EXPORT int posix_spawn_file_actions_destroy(posix_spawn_file_actions_t *fa)
 
 SPAWN_LIKE(posix_spawn)
 SPAWN_LIKE(posix_spawnp)
+
+/* ---------------------------------------------------------------------------------- */
+/* A program started with an environment of its own (execve, execvpe, execle, fexecve,
+ * posix_spawn) that drops MIRROR_IMG_JOURNAL or the shim from LD_PRELOAD runs without
+ * the shim: if it inherits the source open, nothing marks what it writes.  The calls
+ * that take the caller's environment (execv, execvp, execl, execlp) keep both.        */
+
+static const char *journal_env; /* "MIRROR_IMG_JOURNAL=..." as this process got it */
+
+static bool env_has_shim(char *const envp[])
+{
+    bool j = false, pre = false;
+    for (size_t i = 0; envp && envp[i] && !(j && pre); i++) {
+        if (!strcmp(envp[i], journal_env))
+            j = true;
+        else if (!strncmp(envp[i], "LD_PRELOAD=", 11) && strstr(envp[i], "mirror-img-shim"))
+            pre = true;
+    }
+    return j && pre;
+}
+
+/* Some descriptor on the source survives an exec (no close-on-exec). */
+static bool source_inherited(void)
+{
+    int top = __atomic_load_n(&maxfd, __ATOMIC_RELAXED);
+    for (int fd = 0; fd <= top; fd++)
+        if (__atomic_load_n(&fdst[fd], __ATOMIC_RELAXED) & FD_TRACKED) {
+            int fl = REAL(fcntl)(fd, F_GETFD);
+            if (fl >= 0 && !(fl & FD_CLOEXEC))
+                return true;
+        }
+    return false;
+}
+
+static void exec_check(char *const envp[])
+{
+    if (!__atomic_load_n(&active, __ATOMIC_RELAXED) || !journal_env ||
+        !__atomic_load_n(&ntracked, __ATOMIC_RELAXED))
+        return;
+    int e = errno;
+    if (!env_has_shim(envp) && source_inherited())
+        untrust(MIJ_U_EXEC);
+    errno = e;
+}
+
+EXPORT int execve(const char *path, char *const argv[], char *const envp[])
+{
+    exec_check(envp);
+    return REAL(execve)(path, argv, envp);
+}
+
+EXPORT int execvpe(const char *file, char *const argv[], char *const envp[])
+{
+    exec_check(envp);
+    return REAL(execvpe)(file, argv, envp);
+}
+
+EXPORT int fexecve(int fd, char *const argv[], char *const envp[])
+{
+    exec_check(envp);
+    return REAL(fexecve)(fd, argv, envp);
+}
+
+/* These take the caller's environment, which the program may have cleared (env -i). */
+EXPORT int execv(const char *path, char *const argv[])
+{
+    exec_check(environ);
+    return REAL(execv)(path, argv);
+}
+
+EXPORT int execvp(const char *file, char *const argv[])
+{
+    exec_check(environ);
+    return REAL(execvp)(file, argv);
+}
+
+/* execl, execlp, execle: their arguments as an array (on the stack: no allocation). */
+#define EXEC_ARGS(argv, arg, want_env, envp)                                                       \
+    va_list ap;                                                                              \
+    size_t n_ = 1;                                                                           \
+    va_start(ap, arg);                                                                       \
+    while (va_arg(ap, const char *))                                                         \
+        n_++;                                                                                \
+    va_end(ap);                                                                              \
+    const char *argv[n_ + 1];                                                                \
+    argv[0] = arg;                                                                           \
+    va_start(ap, arg);                                                                       \
+    for (size_t i_ = 1; i_ <= n_; i_++)                                                      \
+        argv[i_] = i_ < n_ ? va_arg(ap, const char *) : NULL;                                \
+    (void)va_arg(ap, const char *); /* the NULL that ends them */                          \
+    if (want_env)                                                                            \
+        envp = va_arg(ap, char *const *);                                                    \
+    va_end(ap)
+
+EXPORT int execl(const char *path, const char *arg, ...)
+{
+    char *const *envp = environ;
+    EXEC_ARGS(argv, arg, 0, envp);
+    exec_check(envp);
+    return REAL(execv)(path, (char *const *)argv);
+}
+
+EXPORT int execlp(const char *file, const char *arg, ...)
+{
+    char *const *envp = environ;
+    EXEC_ARGS(argv, arg, 0, envp);
+    exec_check(envp);
+    return REAL(execvp)(file, (char *const *)argv);
+}
+
+EXPORT int execle(const char *path, const char *arg, ...)
+{
+    char *const *envp = NULL;
+    EXEC_ARGS(argv, arg, 1, envp);
+    exec_check(envp);
+    return REAL(execve)(path, (char *const *)argv, envp);
+}
 
 /* ---------------------------------------------------------------------------------- */
 /* Block devices: QEMU zeroes and discards host devices with ioctls.  FICLONE and
@@ -1705,6 +1825,7 @@ __attribute__((constructor)) static void shim_init(void)
     const char *jp = secure_getenv("MIRROR_IMG_JOURNAL");
     if (!jp || !*jp)
         return;
+    journal_env = jp - strlen("MIRROR_IMG_JOURNAL="); /* the "NAME=value" string itself */
     int e = errno;
     /* Never through a symbolic link; mij_map refuses a journal of another owner or one
      * that others may write: nothing another user can write steers this process. */

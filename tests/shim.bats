@@ -259,6 +259,16 @@ untrusted() { status_json "$1" | python3 -c 'import json,sys; print(" ".join(u["
     assert_output "$MIRROR_IMG_SHIM:libm.so.6"
 }
 
+@test "a program started without the shim that inherits the source open marks the journal untrusted" {
+    # env -i clears MIRROR_IMG_JOURNAL and LD_PRELOAD: nothing would mark what the new
+    # program writes through fd 5.  With the environment kept, or fd 5 closed on exec, or
+    # no descriptor on the source, it is fine.
+    "$MI" run --journal "$T/j" "$T/disk.raw" -- bash -c 'exec 5<> "$0"; env /bin/true; exec 5>&-; env -i /bin/true' "$T/disk.raw"
+    [ "$(untrusted "$T/j")" = "" ]
+    "$MI" run --journal "$T/j" "$T/disk.raw" -- bash -c 'exec 5<> "$0"; env -i /bin/true' "$T/disk.raw"
+    [ "$(untrusted "$T/j")" = "exec_without_shim" ]
+}
+
 @test "stdio, POSIX aio and raw syscalls on the source mark the journal untrusted" {
     "$MI" run --journal "$T/j" "$T/disk.raw" -- "$WBIN" stdio "$T/disk.raw"
     [ "$(untrusted "$T/j")" = "stdio" ]
