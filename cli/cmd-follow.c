@@ -228,7 +228,16 @@ static void tick(struct job *job, void *arg)
         job_fail(job, -EIO, mi_lasterr());
         return;
     }
+    uint64_t now0 = mi_now_ns();
+    if (now0 - f->last_foreign_ns >= 5000000000ULL) { /* a scan of /proc: now and then */
+        f->last_foreign_ns = now0;
+        int was = f->foreign_pid;
+        if (jsync_check_foreign(f) < 0 && f->foreign_pid != was && !f->o->quiet)
+            cli_error_last();
+    }
     uint64_t t = mij_untrusted(f->j) & MIJ_U_TRANSIENT & ~MIJ_U_BIT(MIJ_U_BYPASS);
+    if (f->foreign_pid) /* a full pass cures it only once that process is gone */
+        t &= ~MIJ_U_BIT(MIJ_U_FOREIGN);
     if (t) {
         /* A writer died inside a write, or wrote by a raw syscall: a full pass cures it. */
         char names[256];
@@ -250,7 +259,7 @@ static void tick(struct job *job, void *arg)
         return;
     }
     uint64_t backlog = jsync_backlog(f);
-    bool idle = backlog == 0 && job_idle(job);
+    bool idle = backlog == 0 && job_idle(job) && !f->foreign_pid;
     job->len = job->offset + backlog;
     if (idle) {
         /* In sync: record the source's state so writes behind the shim are seen later. */

@@ -152,17 +152,37 @@ static int drain(struct follower *f, uint64_t timeout_ns)
         nanosleep(&ts, NULL);
     }
 }
+/* Reasons a full pass cures (mask): mark it now, under the quiesce, so that a complete
+ * retried before the follower's next tick finds it to drain, not an empty backlog; then
+ * fail this completion, naming them. */
+static int fail_full_pass(struct follower *f, uint64_t mask, unsigned died)
+{
+    char names[256];
+    mij_reasons_str(mask, names, sizeof names);
+    mij_untrusted_clear(f->j, mask);
+    mij_source_forget(f->j);
+    jsync_mark_full_pass(f, true);
+    job_kick(f->job);
+    if (died || (mask & MIJ_U_BIT(MIJ_U_WRITER_DIED)))
+        return mi_seterr(EIO, "%s: %u writer(s) died inside a write: what they wrote is "
+                         "unknown, so the target is not a consistent copy; a full pass "
+                         "follows: try again once in sync", f->o->journal, died ? died : 1);
+    return mi_seterr(EIO, "%s: journal untrusted: %s: the target is not a consistent copy; a "
+                     "full pass follows: try again once in sync", f->o->journal, names);
+}
+
 /* Nothing may complete while the journal is untrusted: a reason raised at any moment of
  * the quiesce (a writer that started stdio or AIO while we drained, a writer that died)
  * means the target may lack writes. */
 static int settle_trusted(struct follower *f)
 {
     uint64_t u = mij_untrusted(f->j) & ~MIJ_U_BIT(MIJ_U_BYPASS);
-    if (!u)
-        return 0;
     char names[256];
-    return mi_seterr(EIO, "%s: journal untrusted: %s: the target is not a consistent copy, "
-                     "not completing", f->o->journal, mij_reasons_str(u, names, sizeof names));
+    if (u & ~MIJ_U_TRANSIENT)
+        return mi_seterr(EIO, "%s: journal untrusted: %s: the target is not a consistent copy, "
+                         "not completing", f->o->journal,
+                         mij_reasons_str(u & ~MIJ_U_TRANSIENT, names, sizeof names));
+    return u ? fail_full_pass(f, u, 0) : 0;
 }
 
 /* Move the writers to the target.  Once the request is out, writers held by the quiesce
@@ -197,8 +217,30 @@ static int settle_pivot(struct follower *f)
     return r;
 }
 
+/* A process that can write the source behind the shim (a writer not started under
+ * `run`): the journal cannot be trusted while it is there. */
+int jsync_check_foreign(struct follower *f)
+{
+    char comm[64];
+    int pid = mij_foreign_writer(f->j, f->src_fd, comm, sizeof comm);
+    if (pid > 0) { /* a child between fork and its registration: look again */
+        struct timespec ts = {0, 20000000};
+        nanosleep(&ts, NULL);
+        pid = mij_foreign_writer(f->j, f->src_fd, comm, sizeof comm);
+    }
+    __atomic_store_n(&f->foreign_pid, pid > 0 ? pid : 0, __ATOMIC_SEQ_CST);
+    if (pid <= 0)
+        return 0;
+    mij_untrust(f->j, MIJ_U_FOREIGN, pid);
+    return mi_seterr(EIO, "%s: pid %d (%s) has %s open for writing without the shim: its writes "
+                     "cannot be tracked (start it under `mirror-img run --journal %s`)",
+                     f->o->journal, pid, comm, f->o->args[0], f->o->journal);
+}
+
 int jsync_settle(struct follower *f, bool pivot, uint64_t *downtime_ms)
 {
+    if (jsync_check_foreign(f) < 0)
+        return -EIO;
     uint64_t t0 = mi_now_ns();
     __atomic_store_n(&f->lease_lapsed, false, __ATOMIC_SEQ_CST);
     struct mij_quiesce_info qi;
@@ -209,16 +251,9 @@ int jsync_settle(struct follower *f, bool pivot, uint64_t *downtime_ms)
      * tick (the untrusted bit, its in-flight mark already reaped). */
     uint64_t transient = mij_untrusted(f->j) & MIJ_U_TRANSIENT & ~MIJ_U_BIT(MIJ_U_BYPASS);
     if (qi.died || transient) {
-        /* Mark the full pass now, under the quiesce: a complete retried before the
-         * follower's next tick must find it to drain, not an empty backlog. */
-        mij_untrusted_clear(f->j, transient | MIJ_U_BIT(MIJ_U_WRITER_DIED));
-        mij_source_forget(f->j);
-        jsync_mark_full_pass(f, true);
-        job_kick(f->job);
+        r = fail_full_pass(f, transient | MIJ_U_BIT(MIJ_U_WRITER_DIED), qi.died);
         mij_quiesce_end(f->j);
-        return mi_seterr(EIO, "%s: %u writer(s) died inside a write: what they wrote is unknown, "
-                         "so the target is not a consistent copy; a full pass follows: try again "
-                         "once in sync", f->o->journal, qi.died ? qi.died : 1);
+        return r;
     }
     if (pivot && qi.maps) {
         mij_quiesce_end(f->j);
@@ -236,6 +271,13 @@ int jsync_settle(struct follower *f, bool pivot, uint64_t *downtime_ms)
         r = jsync_renew(f);
     if (r == 0)
         r = settle_trusted(f); /* a reason raised by a writer while we pivoted */
+    if (r < 0 && pivot && __atomic_load_n(&f->frozen, __ATOMIC_SEQ_CST) &&
+        !__atomic_load_n(&f->pivot_broken, __ATOMIC_SEQ_CST)) {
+        char msg[600];
+        snprintf(msg, sizeof msg, "%s (the writers were moved to the target: stopping)", mi_lasterr());
+        mi_seterr(EIO, "%s", msg);
+        __atomic_store_n(&f->pivot_broken, true, __ATOMIC_SEQ_CST);
+    }
     if (r == 0)
         mij_source_observe(f->j, f->src_fd);
     *downtime_ms = (mi_now_ns() - t0) / 1000000;

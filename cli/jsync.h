@@ -28,6 +28,8 @@ struct follower {
     bool lease_lapsed; /* the lease ran out since the quiesce began */
     bool pivot_broken; /* a pivot request went out and failed: nothing more to copy */
     bool frozen;       /* no chunk is handed to the workers (a pivot is out) */
+    int foreign_pid;   /* a process writing the source without the shim (last scan) */
+    uint64_t last_foreign_ns;
     uint64_t downtime_ms;
     bool pivoted;
     /* rates, sampled each second by the main loop */
@@ -52,6 +54,10 @@ int jsync_renew(struct follower *f);
  * target (pivot), record the source's state, release.  *downtime_ms: how long writers
  * were held.  Returns 0 or -errno with a message. */
 int jsync_settle(struct follower *f, bool pivot, uint64_t *downtime_ms);
+/* Scan for a process that has the source open for writing (or mapped writable) without
+ * the shim: 0 when there is none, else -EIO with a message naming it (and the journal
+ * untrusted: writer_without_shim, cured by a full pass once it is gone). */
+int jsync_check_foreign(struct follower *f);
 
 /* Set up from f->o: the journal (created or reused), the source, becoming the follower, the
  * target (the recorded one resumes; else -n, --force or new), and a full pass marked in

@@ -16,6 +16,7 @@
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #ifndef MI_SHIM
@@ -1209,6 +1210,128 @@ uint32_t mij_get_delay(struct mij *j) { return MIJ_LOAD(&j->h->delay_us); }
 /* ---------------------------------------------------------------------------------- */
 /* Writers, counters, reasons                                                           */
 
+/* ---------------------------------------------------------------------------------- */
+/* Writers behind the shim's back                                                       */
+
+struct foreign_scan {
+    struct mij *j;
+    struct stat src;
+    int self, found, pdfd;
+    char path[64];
+};
+
+static bool registered_alive(struct mij *j, int pid)
+{
+    for (unsigned i = 1; i < MIJ_NSLOTS; i++)
+        if (MIJ_LOAD(&j->slots[i].pid) == pid)
+            return mij_pid_alive(pid, MIJ_LOAD(&j->slots[i].start_ticks));
+    return false;
+}
+
+/* The open flags of /proc/PID/fdinfo/FD ("flags:\t0100002"), or -1. */
+static int fd_flags(int pdfd, unsigned long fd)
+{
+    char name[40];
+    snprintf(name, sizeof name, "fdinfo/%lu", fd);
+    int f = openat(pdfd, name, O_RDONLY | O_CLOEXEC);
+    if (f < 0)
+        return -1;
+    char buf[256];
+    ssize_t n = read(f, buf, sizeof buf - 1);
+    close(f);
+    if (n <= 0)
+        return -1;
+    buf[n] = '\0';
+    char *p = strstr(buf, "flags:");
+    return p ? (int)strtol(p + 6, NULL, 8) : -1;
+}
+
+static bool fd_writes_source(unsigned long fd, void *arg)
+{
+    struct foreign_scan *fs = arg;
+    char name[40];
+    struct stat st;
+    snprintf(name, sizeof name, "fd/%lu", fd);
+    if (fstatat(fs->pdfd, name, &st, 0) < 0 || !mij_is_source(fs->j->h, &st))
+        return false;
+    int fl = fd_flags(fs->pdfd, fd);
+    return fl < 0 || (fl & O_ACCMODE) != O_RDONLY;
+}
+
+/* A writable shared mapping of the source in /proc/PID/maps ("rw-s ... MM:mm INODE"). */
+static bool maps_source(struct foreign_scan *fs)
+{
+    if (fs->j->h->src_type != S_IFREG)
+        return false;
+    int f = openat(fs->pdfd, "maps", O_RDONLY | O_CLOEXEC);
+    if (f < 0)
+        return false;
+    FILE *m = fdopen(f, "r");
+    if (!m) {
+        close(f);
+        return false;
+    }
+    char line[512];
+    bool hit = false;
+    while (!hit && fgets(line, sizeof line, m)) {
+        char perms[8];
+        unsigned maj, min;
+        unsigned long long ino;
+        if (sscanf(line, "%*s %7s %*s %x:%x %llu", perms, &maj, &min, &ino) == 4 &&
+            perms[1] == 'w' && perms[3] == 's' && ino == fs->j->h->src_ino &&
+            makedev(maj, min) == (dev_t)fs->j->h->src_dev)
+            hit = true;
+    }
+    fclose(m);
+    return hit;
+}
+
+static bool pid_writes_source(unsigned long pid, void *arg)
+{
+    struct foreign_scan *fs = arg;
+    if ((int)pid == fs->self || registered_alive(fs->j, (int)pid))
+        return false;
+    snprintf(fs->path, sizeof fs->path, "/proc/%lu", pid);
+    fs->pdfd = open(fs->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fs->pdfd < 0)
+        return false;
+    bool hit = false;
+    int fdd = openat(fs->pdfd, "fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fdd >= 0) {
+        hit = mij_dir_numbers(fdd, fd_writes_source, fs) == 1;
+        close(fdd);
+    }
+    if (!hit)
+        hit = maps_source(fs);
+    close(fs->pdfd);
+    if (hit)
+        fs->found = (int)pid;
+    return hit;
+}
+
+int mij_foreign_writer(struct mij *j, int src_fd, char *comm, size_t commsize)
+{
+    struct foreign_scan fs = {.j = j, .self = getpid()};
+    if (fstat(src_fd, &fs.src) < 0)
+        return -errno;
+    int d = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (d < 0)
+        return -errno;
+    mij_dir_numbers(d, pid_writes_source, &fs);
+    close(d);
+    if (fs.found && comm && commsize) {
+        snprintf(fs.path, sizeof fs.path, "/proc/%d/comm", fs.found);
+        comm[0] = '\0';
+        int f = open(fs.path, O_RDONLY | O_CLOEXEC);
+        ssize_t n = f >= 0 ? read(f, comm, commsize - 1) : -1;
+        if (f >= 0)
+            close(f);
+        comm[n > 0 ? n : 0] = '\0';
+        comm[strcspn(comm, "\n")] = '\0';
+    }
+    return fs.found;
+}
+
 int mij_writers(struct mij *j, struct mij_writer *w, int max)
 {
     int n = 0;
@@ -1275,6 +1398,8 @@ static const struct {
     [MIJ_U_BYPASS] = {"bypass", "the source changed behind the shim (size or change time)"},
     [MIJ_U_PIVOT_FAILED] = {"pivot_failed", "a writer could not switch to the pivot target"},
     [MIJ_U_MMAP_TABLE] = {"mmap_table", "too many shared mappings of the source to track"},
+    [MIJ_U_FOREIGN] = {"writer_without_shim", "a process not started under the shim has the "
+                       "source open for writing (see the follower's message for its pid)"},
     [MIJ_U_EXEC] = {"exec_without_shim", "a program started without the shim inherited the "
                     "source open (its environment dropped MIRROR_IMG_JOURNAL or LD_PRELOAD)"},
 };

@@ -112,14 +112,16 @@ enum mij_reason {
     MIJ_U_PIVOT_FAILED,       /* a writer could not switch to the pivot target */
     MIJ_U_MMAP_TABLE,         /* too many shared mappings of the source to track */
     MIJ_U_EXEC,               /* a program run without the shim inherited the source */
+    MIJ_U_FOREIGN,            /* a process not under the shim can write the source */
     MIJ_U_NREASONS
 };
 #define MIJ_U_BIT(r) (1ull << (r))
 /* Reasons a full pass cures: a follower may clear them (mij_untrusted_clear) just before it
  * starts one.  The others describe how a writer keeps working (io_uring, AIO, stdio...):
  * they stay until `journal reset`, and every pass must be a full one meanwhile. */
-#define MIJ_U_TRANSIENT \
-    (MIJ_U_BIT(MIJ_U_WRITER_DIED) | MIJ_U_BIT(MIJ_U_BYPASS) | MIJ_U_BIT(MIJ_U_RAW_SYSCALL))
+#define MIJ_U_TRANSIENT                                                                      \
+    (MIJ_U_BIT(MIJ_U_WRITER_DIED) | MIJ_U_BIT(MIJ_U_BYPASS) | MIJ_U_BIT(MIJ_U_RAW_SYSCALL) |  \
+     MIJ_U_BIT(MIJ_U_FOREIGN))
 
 /* Operations in write records. */
 enum mij_op {
@@ -697,6 +699,14 @@ const char *mij_reasons_str(uint64_t mask, char *buf, size_t size);
 const char *mij_op_name(unsigned op);
 
 /* --- the source behind the shim's back ---------------------------------------------- */
+
+/* A process that can write the source behind the shim: it holds the source open for
+ * writing, or mapped writable and shared, and is not a live registered writer (nor this
+ * process).  Returns its pid (and its command name in comm), 0 when there is none, or
+ * -errno when /proc cannot be read.  A scan of every process's descriptors: call it now
+ * and then, not per chunk.  Processes of other users whose /proc entries we may not
+ * read are skipped. */
+int mij_foreign_writer(struct mij *j, int src_fd, char *comm, size_t commsize);
 
 enum { MIJ_SRC_OK = 0, MIJ_SRC_UNKNOWN = 1, MIJ_SRC_CHANGED = 2 };
 /* Compare the source (fd) with the journal's record: MIJ_SRC_OK (only shim writes, or

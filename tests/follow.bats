@@ -26,6 +26,7 @@ under() { "$MI" run --journal "$J" "$T/src.raw" -- "$@"; }
 # finish: complete, wait for follow to exit 0, compare.
 finish() {
     run "$MI" complete "$J.sock"
+    [ "$status" -eq 0 ] || { echo "follow's stderr:"; cat "$T/follow.err"; }
     assert_success
     assert_output --partial "downtime_ms"
     wait $FOLLOW
@@ -113,7 +114,9 @@ finish() {
     start_follow
     under python3 "$W" pivot "$T/src.raw" "$T/ref.raw" "$T/stop" > "$T/count" &
     writer=$!
-    sleep 1
+    # writing (a busy machine may take a while to start python)
+    wait_for sh -c "'$MI' journal status --json '$J' | grep -qE '\"writes\": [0-9]{3}'" ||
+        fail "the writer did not start writing"
     run "$MI" complete --pivot "$J.sock"
     assert_success
     wait $FOLLOW
@@ -178,6 +181,42 @@ PY
     assert_failure 1
     assert_output --partial "other.raw"
     [ ! -e "$T/dst.raw" ]
+}
+
+@test "complete refuses while a process not under the shim has the source open for writing, or mapped" {
+    # A writer someone forgot to start under `mirror-img run`: nothing marks what it writes,
+    # so the target cannot be called consistent while it is there.  A reader is fine.
+    start_follow
+    python3 -c 'import os,sys,time; fd=os.open(sys.argv[1],os.O_RDONLY); time.sleep(30)' "$T/src.raw" &
+    reader=$!
+    on_exit "kill $reader"
+    python3 -c 'import os,sys,time; fd=os.open(sys.argv[1],os.O_RDWR); os.pwrite(fd,os.urandom(4096),8192); time.sleep(30)' "$T/src.raw" &
+    fw=$!
+    on_exit "kill $fw"
+    wait_for sh -c "ls -l /proc/$fw/fd | grep -q src.raw" || fail "the writer did not open the source"
+    run "$MI" complete "$J.sock"
+    assert_failure
+    assert_output --partial "pid $fw (python3) has $T/src.raw open for writing without the shim"
+    kill $fw; wait $fw || true
+    # a writable shared mapping with its descriptor closed counts too
+    python3 -c '
+import mmap,os,sys,time
+fd=os.open(sys.argv[1],os.O_RDWR); m=mmap.mmap(fd,65536,mmap.MAP_SHARED); os.close(fd)
+m[0:4096]=os.urandom(4096); time.sleep(30)' "$T/src.raw" &
+    fm=$!
+    on_exit "kill $fm"
+    wait_for grep -q src.raw /proc/$fm/maps || fail "the writer did not map the source"
+    sleep 0.2 # its descriptor closed
+    run "$MI" complete "$J.sock"
+    assert_failure
+    assert_output --partial "pid $fm (python3)"
+    kill $fm; wait $fm || true
+    # once it is gone, a full pass makes the target whole again
+    for _ in $(seq 100); do
+        "$MI" status --json "$J.sock" 2>/dev/null | grep -q '"in_sync": true' && break
+        sleep 0.1
+    done
+    finish
 }
 
 @test "follow: a write that bypassed the shim is detected and forces a full pass" {
