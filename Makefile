@@ -75,6 +75,11 @@ demo: all
 bench: all
 	@bash tests/bench/run.sh
 
+# The live mirror for SOAK_SECONDS (default 1800) on tmpfs, ext4, XFS and btrfs; not part
+# of check.  Needs root (loop devices, mount).
+soak: all
+	@bash tests/soak.sh
+
 install: all
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR)/mirror-img $(DESTDIR)$(MANDIR)/man1 \
 		$(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(DATADIR)/bash-completion/completions \
@@ -98,7 +103,7 @@ uninstall:
 clean:
 	rm -rf build build-asan
 
-.PHONY: all deps check demo bench install uninstall clean
+.PHONY: all deps check demo bench soak install uninstall clean
 .DELETE_ON_ERROR:
 
 # ---- Fuzzing: libFuzzer harnesses (tests/fuzz/) built with clang-14 into $(B)/fuzz/.

@@ -255,7 +255,7 @@ refused() {
 @test "backing files with a protocol prefix are refused" {
     cd "$T"
     local b
-    for b in nbd:localhost:10809 'json:{"file.driver":"file","file.filename":"/etc/passwd"}' \
+    for b in nbd:127.0.0.1:10809 'json:{"file.driver":"file","file.filename":"/etc/passwd"}' \
              file:/etc/passwd; do
         qemu-img create -q -f qcow2 -u -b "$b" -F raw p.qcow2 16M
         refused p.qcow2 "p.qcow2: backing file '.*' is not a local file name \(protocols are not supported\)"

@@ -3,12 +3,13 @@
 # Build: gcc make pkg-config libqcow-dev zlib1g-dev libzstd-dev libnbd-dev.
 # Tests: bats bats-support bats-assert qemu-utils nbdkit libnbd-bin fio python3 groff,
 # zsh and fish (completions), clang and its runtime (fuzzing), valgrind, gnuplot and
-# hyperfine (make bench).
+# hyperfine (make bench), openssl (TLS) and strace; mount, e2fsprogs, xfsprogs and btrfs-progs (the file-system
+# matrix of tests/run.sh and tests/soak.sh: loop devices with ext4, XFS and btrfs).
 set -e
 pkgs="gcc make pkg-config libqcow-dev zlib1g-dev libzstd-dev libnbd-dev
       bats bats-support bats-assert qemu-utils nbdkit libnbd-bin fio python3 groff-base
       procps util-linux time zsh fish man-db clang-14 libclang-rt-14-dev valgrind
-      gnuplot-nox hyperfine binutils"
+      gnuplot-nox hyperfine binutils mount e2fsprogs xfsprogs btrfs-progs openssl strace"
 missing=
 for p in $pkgs; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"

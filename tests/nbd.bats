@@ -330,17 +330,17 @@ make_pki() {
     wait_for test -s "$T/t.pid" || fail "nbdkit did not start"
     on_exit "kill \$(cat '$T/t.pid')"
     wait_for bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" || fail "nbdkit does not listen on $port"
-    run "$MI" copy --tls-certificates "$T/client" "$T/src.raw" "nbds://localhost:$port/"
+    run "$MI" copy --tls-certificates "$T/client" "$T/src.raw" "nbds://127.0.0.1:$port/"
     assert_success
-    run "$MI" copy --tls-certificates "$T/client" "nbds://localhost:$port/" "$T/back.raw"
+    run "$MI" copy --tls-certificates "$T/client" "nbds://127.0.0.1:$port/" "$T/back.raw"
     assert_success
     cmp "$T/src.raw" "$T/back.raw"
-    run "$MI" copy --tls-certificates "$T/other" "$T/src.raw" "nbds://localhost:$port/"
+    run "$MI" copy --tls-certificates "$T/other" "$T/src.raw" "nbds://127.0.0.1:$port/"
     assert_failure 1
     assert_output --partial "cannot connect: gnutls_handshake: Error in the certificate verification"
-    run "$MI" copy --tls-certificates "$T/empty" "$T/src.raw" "nbds://localhost:$port/"
+    run "$MI" copy --tls-certificates "$T/empty" "$T/src.raw" "nbds://127.0.0.1:$port/"
     assert_failure 1
-    assert_output "mirror-img: nbds://localhost:$port/: cannot read $T/empty/ca-cert.pem (the CA that signed the server's certificate): No such file or directory"
+    assert_output "mirror-img: nbds://127.0.0.1:$port/: cannot read $T/empty/ca-cert.pem (the CA that signed the server's certificate): No such file or directory"
 }
 
 # ---- latency and faults ----

@@ -211,14 +211,23 @@ untrusted() { status_json "$1" | python3 -c 'import json,sys; print(" ".join(u["
 
 @test "ftruncate growth, fallocate punch and zero, truncate by path" {
     requires fallocate truncate
+    # Not every file system zeroes a range (tmpfs has no FALLOC_FL_ZERO_RANGE): probe it,
+    # and where it fails expect only the punched range (a failed call changes nothing).
+    local zero=yes
+    truncate -s 64K "$T/probe"
+    fallocate -z -o 0 -l 4K "$T/probe" 2>/dev/null || zero=no
     "$MI" run --journal "$T/j" "$T/disk.raw" -- truncate -s 20M "$T/disk.raw"
     run status_json "$T/j"
     assert_output --partial '"dirty": [[16777216, 4194304]]'
     "$MI" journal reset "$T/j"
     "$MI" run --journal "$T/j" "$T/disk.raw" -- fallocate -p -o 1M -l 128K "$T/disk.raw"
-    "$MI" run --journal "$T/j" "$T/disk.raw" -- fallocate -z -o 4M -l 64K "$T/disk.raw"
+    local want='"dirty": [[1048576, 131072]]'
+    if [ $zero = yes ]; then
+        "$MI" run --journal "$T/j" "$T/disk.raw" -- fallocate -z -o 4M -l 64K "$T/disk.raw"
+        want='"dirty": [[1048576, 131072], [4194304, 65536]]'
+    fi
     run status_json "$T/j"
-    assert_output --partial '"dirty": [[1048576, 131072], [4194304, 65536]]'
+    assert_output --partial "$want"
     "$MI" journal reset "$T/j"
     "$MI" run --journal "$T/j" "$T/disk.raw" -- python3 -c "import os; os.truncate('$T/disk.raw', 12*1048576)"
     run status_json "$T/j"
