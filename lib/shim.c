@@ -19,7 +19,9 @@
  * on untouched) and says so on stderr; any other SIGBUS goes to the handler that was there
  * before (or the default action).  mirror-img itself never truncates a journal.
  */
-#include "journal.h"
+#include "journal-writer.h"
+#include "proc.h"
+#include "util.h"
 
 #include <aio.h>
 #include <dlfcn.h>
@@ -1822,6 +1824,8 @@ __attribute__((destructor)) static void shim_fini(void)
 __attribute__((constructor)) static void shim_init(void)
 {
     resolve_all();
+    /* The journal code's own calls must not enter our wrappers. */
+    mij_libc = (struct mij_libc){REAL(open), REAL(close), REAL(read), REAL(pread), REAL(syscall)};
     const char *jp = secure_getenv("MIRROR_IMG_JOURNAL");
     if (!jp || !*jp)
         return;
@@ -1839,7 +1843,7 @@ __attribute__((constructor)) static void shim_init(void)
     int r = mij_map(&J, fd, jp, false);
     REAL(close)(fd);
     if (r < 0) {
-        say(mij_errbuf, ": not journaling", NULL);
+        say(mi_lasterr(), ": not journaling", NULL);
         errno = e;
         return;
     }
