@@ -52,7 +52,7 @@ static const char *target_format(const struct mi_opts *o, const struct ep *src, 
         return "raw";
     if (o->dst_fmt)
         return o->dst_fmt;
-    const char *f = src->ops->name;
+    const char *f = ep_format(src);
     return !strcmp(f, "qcow2") || !strcmp(f, "qcow") ? "qcow2" : "raw";
 }
 

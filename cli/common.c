@@ -246,7 +246,7 @@ void mi_opts_print(const struct mi_opts *o, const struct job *job)
     fprintf(stderr,
             "mirror-img: %s: source %s (%s), target %s (%s), sync %s, granularity %s, "
             "%u threads, %s per request, speed %s, on-source-error %s, on-target-error %s\n",
-            o->sub, o->args[0], job->c.src->ops->name, o->args[1], job->c.dst->ops->name,
+            o->sub, o->args[0], ep_format(job->c.src), o->args[1], ep_format(job->c.dst),
             o->sync_top ? "top" : "full", mi_fmt_bytes(job->chunk, b1, sizeof b1),
             job->nworkers, mi_fmt_bytes(job->req_max, b2, sizeof b2),
             o->speed ? (mi_fmt_bytes(o->speed, b3, sizeof b3), strcat(b3, "/s")) : "unlimited",
