@@ -285,7 +285,8 @@ void mi_progress_tick(struct job *job, void *arg)
     for (int i = 0; i < width; i++)
         bar[i] = i < fill ? '#' : '.';
     bar[width] = '\0';
-    fprintf(stderr, "\r[%s] %5.1f%% %s / %s  %s/s  ETA %s ", bar, pct,
+    /* \033[K clears what a longer earlier line left at the end */
+    fprintf(stderr, "\r[%s] %5.1f%% %s / %s  %s/s  ETA %s\033[K", bar, pct,
             mi_fmt_bytes(off, b1, sizeof b1), mi_fmt_bytes(len, b2, sizeof b2),
             mi_fmt_bytes((uint64_t)rate, b3, sizeof b3), eta);
     drawn = true;
