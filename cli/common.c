@@ -164,8 +164,10 @@ static error_t parse_opt(int key, char *arg, struct argp_state *st)
         break;
     case OPT_BUF_SIZE:
         o->buf_size = parse_size_opt(arg, st, "--buf-size");
-        if (o->buf_size < 64 * MI_KiB || o->buf_size > 4 * MI_GiB)
-            argp_error(st, "--buf-size: '%s' is outside 64K..4G", arg);
+        /* below one chunk per worker the engine rounds it up (QEMU rounds buf-size up to
+         * the granularity too); -v says what is in force */
+        if (o->buf_size == 0 || o->buf_size > 4 * MI_GiB)
+            argp_error(st, "--buf-size: '%s' is outside 1..4G", arg);
         break;
     case 'j':
         if (parse_uint(arg, 1, 64, &o->threads) < 0)
@@ -251,6 +253,11 @@ void mi_opts_print(const struct mi_opts *o, const struct job *job)
             job->nworkers, mi_fmt_bytes(job->req_max, b2, sizeof b2),
             o->speed ? (mi_fmt_bytes(o->speed, b3, sizeof b3), strcat(b3, "/s")) : "unlimited",
             job_policy_name(o->on_source_error), job_policy_name(o->on_target_error));
+    uint64_t need = job->req_max * (job->nworkers + job->pipe);
+    if (o->buf_size < need)
+        fprintf(stderr, "mirror-img: %s: --buf-size %s rounded up to %s (one %s request per "
+                "worker)\n", o->sub, mi_fmt_bytes(o->buf_size, b1, sizeof b1),
+                mi_fmt_bytes(need, b2, sizeof b2), mi_fmt_bytes(job->req_max, b3, sizeof b3));
 }
 
 void mi_progress_tick(struct job *job, void *arg)
