@@ -101,6 +101,15 @@ struct mij_slot *mij_register(struct mij *j, int pid, uint64_t *ack)
 /* ---------------------------------------------------------------------------------- */
 /* Writer: held by a quiesce                                                            */
 
+/* The follower that holds the lease is a live process: a quiesce word and a lease left in
+ * the file by anything else hold nobody.  (A system call, on the held path only.) */
+static bool holder_alive(const struct mij_header *h)
+{
+    int pid = MIJ_LOAD(&h->lease_pid);
+    return pid > 0 && MIJ_LOAD(&h->follower_pid) == pid &&
+           (kill(pid, 0) == 0 || errno == EPERM);
+}
+
 int mij_w_hold(struct mij *j, struct mij_slot *s, void (*on_wake)(void))
 {
     struct mij_header *h = j->h;
@@ -112,7 +121,7 @@ int mij_w_hold(struct mij *j, struct mij_slot *s, void (*on_wake)(void))
         if (!MIJ_LOAD(&h->quiesce))
             break;
         uint64_t exp = MIJ_LOAD(&h->lease_expiry_ns), now = mij_clock(CLOCK_MONOTONIC);
-        if (!mij_lease_fresh(h, now)) {
+        if (!mij_lease_fresh(h, now) || !holder_alive(h)) {
             /* Let go on a lapsed lease: a pivot asked for during this quiesce must not
              * move this process, whose writes from now on reach the source unheld. */
             MIJ_STORE(&s->lapsed_qseq, MIJ_LOAD(&h->quiesce_seq));
@@ -142,6 +151,10 @@ void mij_sigbus_pass(int sig, siginfo_t *si, void *uc, const struct sigaction *o
         old->sa_handler(sig);
         return;
     }
+    /* Ignored: a sent signal is ignored as it would have been; a real fault cannot be
+     * ignored (the kernel kills for it), so it takes the default action below. */
+    if (old->sa_handler == SIG_IGN && si->si_code <= 0)
+        return;
     /* Default action: uninstall the handler; a fault happens again on return and kills as
      * it would have; a sent signal is raised again. */
     struct sigaction dfl;

@@ -225,6 +225,10 @@ static void std_stream_check(int fd, int flags)
     }
 }
 
+/* Set while the constructor looks at the descriptors inherited across exec: those are
+ * where the previous image left them, at the pivot generation it acted on. */
+static bool inheriting;
+
 /* After a call that produced descriptor fd: is it the source?  flags: its open flags, or
  * -1 to ask.  Called with the journal active; keeps errno. */
 static void check_new_fd(int fd, int flags)
@@ -242,7 +246,7 @@ static void check_new_fd(int fd, int flags)
         untrust(MIJ_U_FD_TABLE);
     else if (src || (fd < FD_MAX && __atomic_load_n(&fdst[fd], __ATOMIC_RELAXED))) {
         if (may_change_table()) {
-            if (src && !__atomic_load_n(&ntracked, __ATOMIC_SEQ_CST)) {
+            if (src && !__atomic_load_n(&ntracked, __ATOMIC_SEQ_CST) && !inheriting) {
                 /* Nothing to switch at the current pivot generation (a source opened
                  * after a pivot is the user's choice, not ours to move). */
                 uint64_t g = MIJ_LOAD(&J.h->pivot_gen);
@@ -1786,11 +1790,15 @@ static void scan_fds(void)
 {
     int dfd = REAL(open)("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dfd < 0) {
+        inheriting = true;
         for (int fd = 0; fd < 1024; fd++)
             check_new_fd(fd, -1);
+        inheriting = false;
         return;
     }
+    inheriting = true;
     mij_dir_numbers(dfd, scan_one_fd, &dfd);
+    inheriting = false;
     REAL(close)(dfd);
 }
 
