@@ -663,6 +663,7 @@ int mij_quiesce_begin(struct mij *j, uint64_t timeout_ns, struct mij_quiesce_inf
             MIJ_STORE(&s->nmaps, 0);
         else
             qi->maps += nm;
+        qi->marked += nm;
         if (nm > MIJ_SLOT_MAPS) {
             mij_mark_range(j, 0, j->covered);
             continue;
@@ -715,6 +716,8 @@ int mij_pivot_request(struct mij *j, const char *target)
     memset(dst, 0, MIJ_PATH_MAX);
     memcpy(dst, abs, strlen(abs));
     free(abs);
+    MIJ_STORE(&j->h->pivot_dev, (uint64_t)st.st_dev);
+    MIJ_STORE(&j->h->pivot_ino, (uint64_t)st.st_ino);
     MIJ_STORE(&j->h->pivot_pid, (int32_t)getpid());
     MIJ_STORE(&j->h->pivot_qseq, MIJ_LOAD(&j->h->quiesce_seq));
     __atomic_thread_fence(__ATOMIC_SEQ_CST);

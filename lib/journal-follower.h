@@ -108,6 +108,8 @@ struct mij_quiesce_info {
     unsigned maps;     /* writable shared mappings (their ranges were marked dirty; they can
                         * still change during the quiesce: the copy is not guaranteed) */
     unsigned died;     /* writers found dead inside a write (journal marked untrusted) */
+    unsigned marked;   /* mappings marked, of live writers and of writers that exited
+                        * (their stores change the file's times without a call) */
     uint64_t waited_ns;
 };
 /* Hold the writers: renew the lease, set the quiesce word, wait until no live writer is

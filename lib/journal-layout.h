@@ -175,7 +175,7 @@ struct mij_header {
     int32_t pivot_pid;        /* the follower that made the last pivot request */
     uint32_t pivot_qseq;      /* ... during this quiesce */
     uint64_t pivot_done;      /* the last pivot generation its follower saw through */
-    uint64_t reserved1[2];
+    uint64_t pivot_dev, pivot_ino; /* the pivot target the follower meant (writers check) */
     /* 320: untrusted reasons (bit per enum mij_reason) */
     uint64_t untrusted;
     uint64_t reserved2[7];
