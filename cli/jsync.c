@@ -235,8 +235,10 @@ int jsync_check_foreign(struct follower *f)
 {
     char comm[64];
     int pid = mij_foreign_writer(f->j, f->src_fd, comm, sizeof comm);
-    if (pid > 0) { /* a child between fork and its registration: look again */
-        struct timespec ts = {0, 20000000};
+    /* a child between fork and its registration, or an image between exec and its
+     * shim's start: look again, for up to half a second */
+    for (int i = 0; pid > 0 && i < 10; i++) {
+        struct timespec ts = {0, 50000000};
         nanosleep(&ts, NULL);
         pid = mij_foreign_writer(f->j, f->src_fd, comm, sizeof comm);
     }

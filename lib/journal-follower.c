@@ -796,11 +796,14 @@ struct foreign_scan {
     char path[64];
 };
 
+/* A live registered writer, whose shim tracks it: not one that exec'd with the source open
+ * and whose new image has not registered (yet: a static program never will). */
 static bool registered_alive(struct mij *j, int pid)
 {
     for (unsigned i = 1; i < MIJ_NSLOTS; i++)
         if (MIJ_LOAD(&j->slots[i].pid) == pid)
-            return mij_pid_alive(pid, MIJ_LOAD(&j->slots[i].start_ticks));
+            return !MIJ_LOAD(&j->slots[i].exec_pending) &&
+                   mij_pid_alive(pid, MIJ_LOAD(&j->slots[i].start_ticks));
     return false;
 }
 

@@ -178,7 +178,9 @@ struct mij_header {
     uint64_t pivot_dev, pivot_ino; /* the pivot target the follower meant (writers check) */
     /* 320: untrusted reasons (bit per enum mij_reason) */
     uint64_t untrusted;
-    uint64_t reserved2[7];
+    uint64_t append_gen;      /* bumped when a writer changes O_APPEND on the source: the
+                               * description may be shared with other processes */
+    uint64_t reserved2[6];
     /* 384: written by every write */
     uint64_t ring_head;       /* writes ever started through the shim */
     uint64_t reserved3[7];
@@ -206,7 +208,9 @@ struct mij_slot {
     /* line 0: updated by the owner on each write */
     uint32_t inflight;     /* threads of this process inside a tracked call (those that
                             * have no marker below) */
-    uint32_t pad0;
+    uint32_t exec_pending; /* the owner is exec'ing with the source open (its new image
+                            * clears it when it registers: one that never does runs
+                            * without the shim) */
     uint64_t bytes;        /* bytes written (monotonic across owners; see bytes_base) */
     uint64_t writes;       /* tracked calls (monotonic across owners) */
     uint64_t last_ns;      /* CLOCK_REALTIME of the last write */

@@ -35,6 +35,7 @@ static void slot_init(struct mij *j, struct mij_slot *s, uint64_t start, bool re
     MIJ_STORE(&s->pivot_err, 0);
     MIJ_STORE(&s->pivot_ack, MIJ_LOAD(&j->h->pivot_gen));
     MIJ_STORE(&s->lapsed_qseq, 0);
+    MIJ_STORE(&s->exec_pending, 0);
     MIJ_STORE(&s->start_ticks, start);
     MIJ_STORE(&s->reg_ns, mij_clock(CLOCK_REALTIME));
     MIJ_STORE(&s->last_ns, 0);

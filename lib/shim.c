@@ -105,7 +105,7 @@ REAL_PTR(fflush); REAL_PTR(fwrite); REAL_PTR(fputs); REAL_PTR(puts); REAL_PTR(fp
 REAL_PTR(putc); REAL_PTR(putchar); REAL_PTR(vfprintf); REAL_PTR(vprintf);
 static int (*real___vfprintf_chk)(FILE *, int, const char *, va_list);
 static int (*real___vprintf_chk)(int, const char *, va_list);
-REAL_PTR(ioctl); REAL_PTR(execv); REAL_PTR(execvp); REAL_PTR(execve); REAL_PTR(execvpe); REAL_PTR(fexecve);
+REAL_PTR(ioctl); REAL_PTR(system); REAL_PTR(popen); REAL_PTR(execv); REAL_PTR(execvp); REAL_PTR(execve); REAL_PTR(execvpe); REAL_PTR(fexecve);
 /* fortified entry points, declared where they are wrapped */
 static ssize_t (*real___read_chk)(int, void *, size_t, size_t);
 static ssize_t (*real___pread_chk)(int, void *, size_t, off_t, size_t);
@@ -155,8 +155,19 @@ static inline int tracked(int fd)
            LIKELY(__atomic_load_n(&active, __ATOMIC_RELAXED));
 }
 
+static void refresh_append(void);
+static uint64_t seen_append_gen; /* J.h->append_gen when our FD_APPEND bits were read */
+
+/* O_APPEND belongs to the open file description, which another process may share (fork,
+ * SCM_RIGHTS) and change with F_SETFL: whoever does bumps append_gen, and the others read
+ * their descriptors' flags again before their next write. */
 static inline int fd_append(int fd)
 {
+    uint64_t g = MIJ_LOADR(&J.h->append_gen);
+    if (UNLIKELY(g != __atomic_load_n(&seen_append_gen, __ATOMIC_RELAXED))) {
+        __atomic_store_n(&seen_append_gen, g, __ATOMIC_RELAXED);
+        refresh_append();
+    }
     return __atomic_load_n(&fdst[fd], __ATOMIC_RELAXED) & FD_APPEND;
 }
 
@@ -908,6 +919,7 @@ EXPORT ssize_t copy_file_range(int in, off64_t *off_in, int out, off64_t *off_ou
                                unsigned flags)
 {
     WC(c);
+    pivot_check(in); /* reading the source after a pivot reads the target */
     if (LIKELY(!tracked(out)) || !wbegin(&c, out, off_out ? M_POS : data_mode(out, 0)))
         return REAL(copy_file_range)(in, off_in, out, off_out, len, flags);
     ssize_t r = REAL(copy_file_range)(in, off_in, out, off_out, len, flags);
@@ -920,6 +932,7 @@ EXPORT ssize_t splice(int in, off64_t *off_in, int out, off64_t *off_out, size_t
                       unsigned flags)
 {
     WC(c);
+    pivot_check(in); /* reading the source after a pivot reads the target */
     if (LIKELY(!tracked(out)) || !wbegin(&c, out, off_out ? M_POS : data_mode(out, 0)))
         return REAL(splice)(in, off_in, out, off_out, len, flags);
     ssize_t r = REAL(splice)(in, off_in, out, off_out, len, flags);
@@ -931,6 +944,7 @@ EXPORT ssize_t splice(int in, off64_t *off_in, int out, off64_t *off_out, size_t
     EXPORT ssize_t name(int out, int in, offt *off, size_t count)                            \
     {                                                                                        \
         WC(c);                                                                               \
+        pivot_check(in);                                                                     \
         if (LIKELY(!tracked(out)) || !wbegin(&c, out, data_mode(out, 0)))                    \
             return REAL(name)(out, in, off, count);                                          \
         ssize_t r = REAL(name)(out, in, off, count);                                         \
@@ -1013,14 +1027,16 @@ EXPORT int dup3(int fd, int fd2, int flags)
 
 /* fcntl is variadic: like glibc, take one pointer-sized argument whatever cmd is (the
  * kernel reads it as an unsigned long and ignores it when cmd takes none). */
-static int fcntl_after(int fd, int cmd, int r)
+__attribute__((noinline)) static int fcntl_after(int fd, int cmd, int r)
 {
     if (r < 0 || !__atomic_load_n(&active, __ATOMIC_RELAXED))
         return r;
     if (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC)
         copy_state(fd, r);
-    else if (cmd == F_SETFL && tracked(fd))
+    else if (cmd == F_SETFL && tracked(fd)) {
+        __atomic_fetch_add(&J.h->append_gen, 1, __ATOMIC_SEQ_CST);
         refresh_append();
+    }
     return r;
 }
 
@@ -1233,6 +1249,7 @@ static bool raw_write_nr(long nr, long a1, long a3)
 }
 
 static void check_rights(const struct msghdr *m);
+static int fcntl_after(int fd, int cmd, int r);
 
 /* Descriptors made by raw system calls (openat2 has no glibc wrapper): track them as if
  * the wrapper had made them.  An open that truncated the source cannot be marked
@@ -1270,12 +1287,14 @@ static void raw_new_fd(long nr, long r, long a1, long a2, long a3)
     case SYS_fcntl:
         if (a2 == F_DUPFD || a2 == F_DUPFD_CLOEXEC)
             copy_state((int)a1, (int)r);
+        else if (a2 == F_SETFL && (unsigned long)a1 < FD_MAX && tracked((int)a1))
+            fcntl_after((int)a1, F_SETFL, 0);
         return;
     default:
         return;
     }
     check_new_fd((int)r, flags);
-    if ((flags & O_TRUNC) && (flags & O_ACCMODE) != O_RDONLY && tracked((int)r))
+    if ((flags & O_TRUNC) && (flags & O_ACCMODE) != O_RDONLY && (unsigned long)r < FD_MAX && tracked((int)r))
         untrust(MIJ_U_RAW_SYSCALL);
 }
 
@@ -1723,6 +1742,7 @@ EXPORT int __dprintf_chk(int fd, int flag, const char *fmt, ...)
  * remembered here, and the spawn is marked like a truncate to 0 of the source.         */
 
 static void exec_check(char *const envp[]);
+static void exec_check_as(char *const envp[], bool self);
 
 #define SPAWN_TRUNC_MAX 16
 static const posix_spawn_file_actions_t *spawn_trunc[SPAWN_TRUNC_MAX];
@@ -1787,7 +1807,7 @@ EXPORT int posix_spawn_file_actions_destroy(posix_spawn_file_actions_t *fa)
                 size = (int64_t)st.st_size;                                                  \
             errno = e;                                                                       \
         }                                                                                    \
-        exec_check(envp);                                                                    \
+        exec_check_as(envp, false);                                                          \
         if (size < 0 || !wbegin(&c, -1, M_POS))                                              \
             return REAL(name)(pid, path, fa, at, argv, envp);                                \
         int r = REAL(name)(pid, path, fa, at, argv, envp);                                   \
@@ -1832,46 +1852,75 @@ static bool source_inherited(void)
     return false;
 }
 
-static void exec_check(char *const envp[])
+/* Before an exec of this process (pending: true) or a spawn of another (false). */
+static void exec_check_as(char *const envp[], bool self)
 {
     if (!__atomic_load_n(&active, __ATOMIC_RELAXED) || !journal_env ||
         !__atomic_load_n(&ntracked, __ATOMIC_RELAXED))
         return;
     int e = errno;
-    if (!env_has_shim(envp) && source_inherited())
-        untrust(MIJ_U_EXEC);
+    if (source_inherited()) {
+        if (!env_has_shim(envp))
+            untrust(MIJ_U_EXEC);
+        else if (self && may_change_table())
+            MIJ_STORE(&S->exec_pending, 1); /* the new image's shim clears it */
+    }
     errno = e;
+}
+
+static void exec_check(char *const envp[]) { exec_check_as(envp, true); }
+
+/* An exec that failed: this image goes on. */
+static int exec_failed(int r)
+{
+    if (__atomic_load_n(&active, __ATOMIC_RELAXED) && may_change_table())
+        MIJ_STORE(&S->exec_pending, 0);
+    return r;
 }
 
 EXPORT int execve(const char *path, char *const argv[], char *const envp[])
 {
     exec_check(envp);
-    return REAL(execve)(path, argv, envp);
+    return exec_failed(REAL(execve)(path, argv, envp));
 }
 
 EXPORT int execvpe(const char *file, char *const argv[], char *const envp[])
 {
     exec_check(envp);
-    return REAL(execvpe)(file, argv, envp);
+    return exec_failed(REAL(execvpe)(file, argv, envp));
 }
 
 EXPORT int fexecve(int fd, char *const argv[], char *const envp[])
 {
     exec_check(envp);
-    return REAL(fexecve)(fd, argv, envp);
+    return exec_failed(REAL(fexecve)(fd, argv, envp));
 }
 
 /* These take the caller's environment, which the program may have cleared (env -i). */
 EXPORT int execv(const char *path, char *const argv[])
 {
     exec_check(environ);
-    return REAL(execv)(path, argv);
+    return exec_failed(REAL(execv)(path, argv));
 }
 
 EXPORT int execvp(const char *file, char *const argv[])
 {
     exec_check(environ);
-    return REAL(execvp)(file, argv);
+    return exec_failed(REAL(execvp)(file, argv));
+}
+
+/* system and popen spawn a shell with glibc's internal posix_spawn and the caller's
+ * environment. */
+EXPORT int system(const char *cmd)
+{
+    exec_check_as(environ, false);
+    return REAL(system)(cmd);
+}
+
+EXPORT FILE *popen(const char *cmd, const char *mode)
+{
+    exec_check_as(environ, false);
+    return REAL(popen)(cmd, mode);
 }
 
 /* execl, execlp, execle: their arguments as an array (on the stack: no allocation). */
@@ -1897,7 +1946,7 @@ EXPORT int execl(const char *path, const char *arg, ...)
     char *const *envp = environ;
     EXEC_ARGS(argv, arg, 0, envp);
     exec_check(envp);
-    return REAL(execv)(path, (char *const *)argv);
+    return exec_failed(REAL(execv)(path, (char *const *)argv));
 }
 
 EXPORT int execlp(const char *file, const char *arg, ...)
@@ -1905,7 +1954,7 @@ EXPORT int execlp(const char *file, const char *arg, ...)
     char *const *envp = environ;
     EXEC_ARGS(argv, arg, 0, envp);
     exec_check(envp);
-    return REAL(execvp)(file, (char *const *)argv);
+    return exec_failed(REAL(execvp)(file, (char *const *)argv));
 }
 
 EXPORT int execle(const char *path, const char *arg, ...)
@@ -1913,7 +1962,7 @@ EXPORT int execle(const char *path, const char *arg, ...)
     char *const *envp = NULL;
     EXEC_ARGS(argv, arg, 1, envp);
     exec_check(envp);
-    return REAL(execve)(path, (char *const *)argv, envp);
+    return exec_failed(REAL(execve)(path, (char *const *)argv, envp));
 }
 
 /* ---------------------------------------------------------------------------------- */
