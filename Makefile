@@ -18,8 +18,9 @@ MI_CFLAGS = -std=gnu11 -Wall -Wextra -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -pthre
 	-Ilib -Iformats -DMI_LIBDIR='"$(LIBDIR)"' $(PKG_CFLAGS) $(CFLAGS) $(EXTRA_CFLAGS)
 MI_LDFLAGS = $(LDFLAGS) $(EXTRA_LDFLAGS)
 
-# The shim links nothing but libc: it is built from its own file and the journal code.
-SHIM_SRC := lib/shim.c lib/journal.c
+# The shim links nothing but libc: it is built from its own file, the journal's layout and
+# writer's side, /proc liveness and the base (util).
+SHIM_SRC := lib/shim.c lib/journal-layout.c lib/journal-writer.c lib/proc.c lib/util.c
 LIB_SRC := $(filter-out lib/shim.c,$(wildcard lib/*.c))
 FMT_SRC := $(wildcard formats/*.c)
 CLI_SRC := $(wildcard cli/*.c)
@@ -47,10 +48,10 @@ $(B)/%.o: %.c $(HDRS) | $(B)/.deps
 $(B)/mirror-img: $(CLI_OBJ) $(CORE_OBJ)
 	$(CC) $(MI_CFLAGS) -o $@ $^ $(MI_LDFLAGS) $(PKG_LIBS) -lm
 
-$(B)/mirror-img-shim.so: $(SHIM_SRC) lib/journal.h | $(B)/.deps
+$(B)/mirror-img-shim.so: $(SHIM_SRC) lib/journal-layout.h lib/journal-writer.h lib/proc.h lib/util.h | $(B)/.deps
 	@mkdir -p $(B)
 	$(CC) -std=gnu11 -Wall -Wextra -D_GNU_SOURCE -Ilib -O2 -g -fPIC -shared \
-		-fvisibility=hidden -fexceptions -DMI_SHIM -o $@ $(SHIM_SRC) -ldl $(EXTRA_SHIM_FLAGS)
+		-fvisibility=hidden -fexceptions -o $@ $(SHIM_SRC) -ldl $(EXTRA_SHIM_FLAGS)
 
 # The fault-injection library of tests/faults.bats (short reads and writes, EINTR): libc only.
 $(FAULT_LIB): tests/faults/shortio.c | $(B)/.deps

@@ -52,7 +52,7 @@ static const char *target_format(const struct mi_opts *o, const struct ep *src, 
         return "raw";
     if (o->dst_fmt)
         return o->dst_fmt;
-    const char *f = src->ops->name;
+    const char *f = ep_format(src);
     return !strcmp(f, "qcow2") || !strcmp(f, "qcow") ? "qcow2" : "raw";
 }
 
@@ -116,6 +116,15 @@ static int open_target(struct mi_opts *o, struct ep *src, const struct ep_info *
             char backing[PATH_MAX];
             c.format = fmt;
             c.size = src->size;
+            if (!strcmp(fmt, "qcow2") && c.size % 512) {
+                /* as qemu-img does: the tail past the source's end reads as zeros */
+                c.size = mi_round_up(c.size, 512);
+                if (!o->quiet)
+                    fprintf(stderr, "mirror-img: %s: virtual size rounded up from %llu to %llu "
+                            "bytes (a qcow2 size is a multiple of 512; the rest reads as "
+                            "zeros)\n", dst, (unsigned long long)src->size,
+                            (unsigned long long)c.size);
+            }
             c.force = o->force;
             if (o->sync_top && si->backing_file[0]) {
                 if (backing_for_target(si, o->args[0], dst, backing, sizeof backing) < 0)

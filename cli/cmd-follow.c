@@ -224,7 +224,7 @@ static void tick(struct job *job, void *arg)
     pthread_mutex_unlock(&f->mu);
     if (completing)
         return;
-    if (mij_check_alive(f->j) < 0 || jsync_follow_size(f) < 0) {
+    if (mij_check_alive(f->j) < 0 || jsync_check_path(f) < 0 || jsync_follow_size(f) < 0) {
         job_fail(job, -EIO, mi_lasterr());
         return;
     }

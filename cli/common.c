@@ -164,8 +164,10 @@ static error_t parse_opt(int key, char *arg, struct argp_state *st)
         break;
     case OPT_BUF_SIZE:
         o->buf_size = parse_size_opt(arg, st, "--buf-size");
-        if (o->buf_size < 64 * MI_KiB || o->buf_size > 4 * MI_GiB)
-            argp_error(st, "--buf-size: '%s' is outside 64K..4G", arg);
+        /* below one chunk per worker the engine rounds it up (QEMU rounds buf-size up to
+         * the granularity too); -v says what is in force */
+        if (o->buf_size == 0 || o->buf_size > 4 * MI_GiB)
+            argp_error(st, "--buf-size: '%s' is outside 1..4G", arg);
         break;
     case 'j':
         if (parse_uint(arg, 1, 64, &o->threads) < 0)
@@ -246,11 +248,16 @@ void mi_opts_print(const struct mi_opts *o, const struct job *job)
     fprintf(stderr,
             "mirror-img: %s: source %s (%s), target %s (%s), sync %s, granularity %s, "
             "%u threads, %s per request, speed %s, on-source-error %s, on-target-error %s\n",
-            o->sub, o->args[0], job->c.src->ops->name, o->args[1], job->c.dst->ops->name,
+            o->sub, o->args[0], ep_format(job->c.src), o->args[1], ep_format(job->c.dst),
             o->sync_top ? "top" : "full", mi_fmt_bytes(job->chunk, b1, sizeof b1),
             job->nworkers, mi_fmt_bytes(job->req_max, b2, sizeof b2),
             o->speed ? (mi_fmt_bytes(o->speed, b3, sizeof b3), strcat(b3, "/s")) : "unlimited",
             job_policy_name(o->on_source_error), job_policy_name(o->on_target_error));
+    uint64_t need = job->req_max * (job->nworkers + job->pipe);
+    if (o->buf_size < need)
+        fprintf(stderr, "mirror-img: %s: --buf-size %s rounded up to %s (one %s request per "
+                "worker)\n", o->sub, mi_fmt_bytes(o->buf_size, b1, sizeof b1),
+                mi_fmt_bytes(need, b2, sizeof b2), mi_fmt_bytes(job->req_max, b3, sizeof b3));
 }
 
 void mi_progress_tick(struct job *job, void *arg)
@@ -285,7 +292,8 @@ void mi_progress_tick(struct job *job, void *arg)
     for (int i = 0; i < width; i++)
         bar[i] = i < fill ? '#' : '.';
     bar[width] = '\0';
-    fprintf(stderr, "\r[%s] %5.1f%% %s / %s  %s/s  ETA %s ", bar, pct,
+    /* \033[K clears what a longer earlier line left at the end */
+    fprintf(stderr, "\r[%s] %5.1f%% %s / %s  %s/s  ETA %s\033[K", bar, pct,
             mi_fmt_bytes(off, b1, sizeof b1), mi_fmt_bytes(len, b2, sizeof b2),
             mi_fmt_bytes((uint64_t)rate, b3, sizeof b3), eta);
     drawn = true;

@@ -217,14 +217,28 @@ static int settle_pivot(struct follower *f)
     return r;
 }
 
+/* SRC still names the file we follow (not renamed over, not replaced). */
+int jsync_check_path(struct follower *f)
+{
+    struct stat st;
+    if (stat(f->o->args[0], &st) < 0)
+        return mi_seterr(errno, "%s: %s: the source is gone", f->o->args[0], strerror(errno));
+    if (mij_check_source(f->j, &st, f->o->args[0]) < 0)
+        return mi_seterr(ESTALE, "%s: now names another file than the one followed (renamed over "
+                         "or replaced): the writers' file is no longer the source", f->o->args[0]);
+    return 0;
+}
+
 /* A process that can write the source behind the shim (a writer not started under
  * `run`): the journal cannot be trusted while it is there. */
 int jsync_check_foreign(struct follower *f)
 {
     char comm[64];
     int pid = mij_foreign_writer(f->j, f->src_fd, comm, sizeof comm);
-    if (pid > 0) { /* a child between fork and its registration: look again */
-        struct timespec ts = {0, 20000000};
+    /* a child between fork and its registration, or an image between exec and its
+     * shim's start: look again, for up to half a second */
+    for (int i = 0; pid > 0 && i < 10; i++) {
+        struct timespec ts = {0, 50000000};
         nanosleep(&ts, NULL);
         pid = mij_foreign_writer(f->j, f->src_fd, comm, sizeof comm);
     }
@@ -263,6 +277,12 @@ int jsync_settle(struct follower *f, bool pivot, uint64_t *downtime_ms)
     r = drain(f, 30000000000ULL);
     if (r == 0)
         r = f->dst->ops->flush(f->dst);
+    if (r == 0)
+        r = jsync_check_path(f);
+    /* A write behind the shim since the last record (no shim write can run now).  Stores
+     * through shared mappings change the file's times without a call: not with those. */
+    if (r == 0 && !qi.marked && mij_source_check(f->j, f->src_fd) == MIJ_SRC_CHANGED)
+        r = fail_full_pass(f, MIJ_U_BIT(MIJ_U_BYPASS), 0);
     if (r == 0)
         r = settle_trusted(f);
     if (r == 0 && pivot)

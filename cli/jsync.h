@@ -58,6 +58,8 @@ int jsync_settle(struct follower *f, bool pivot, uint64_t *downtime_ms);
  * the shim: 0 when there is none, else -EIO with a message naming it (and the journal
  * untrusted: writer_without_shim, cured by a full pass once it is gone). */
 int jsync_check_foreign(struct follower *f);
+/* SRC still names the file the journal follows: 0, or -ESTALE with a message. */
+int jsync_check_path(struct follower *f);
 
 /* Set up from f->o: the journal (created or reused), the source, becoming the follower, the
  * target (the recorded one resumes; else -n, --force or new), and a full pass marked in

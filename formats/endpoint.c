@@ -118,7 +118,7 @@ int ep_flush_noop(struct ep *ep)
 int ep_get_info(struct ep *ep, struct ep_info *info, bool allocation)
 {
     memset(info, 0, sizeof *info);
-    info->format = ep->ops->name;
+    info->format = ep_format(ep);
     info->virtual_size = ep->size;
     if (!ep_is_nbd_uri(ep->name)) {
         struct stat st;

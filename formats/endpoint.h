@@ -73,12 +73,20 @@ struct ep_ops {
 
 struct ep {
     const struct ep_ops *ops;
+    const char *format; /* the image format when it is not ops->name (qcow v1 shares the
+                         * qcow2 reader's table); use ep_format() */
     char *name;        /* as the user named it: used in every message */
     uint64_t size;     /* virtual size in bytes */
     uint32_t align;    /* writes and zeroes should be aligned to this (power of two) */
     uint32_t caps;     /* EP_CAP_* */
     bool writable;
 };
+
+/* The endpoint's image format ("raw", "qcow2", "qcow", "nbd"). */
+static inline const char *ep_format(const struct ep *ep)
+{
+    return ep->format ? ep->format : ep->ops->name;
+}
 
 /* Options for opening an image. */
 struct ep_open_opts {

@@ -497,7 +497,7 @@ static int q2_info(struct ep *ep, struct ep_info *info)
     snprintf(info->backing_file, sizeof info->backing_file, "%s", q->backing_name);
     snprintf(info->backing_format, sizeof info->backing_format, "%s",
              q->backing_fmt[0] ? q->backing_fmt
-             : q->backing ? q->backing->ops->name : q->backing_probed);
+             : q->backing ? ep_format(q->backing) : q->backing_probed);
     snprintf(info->backing_path, sizeof info->backing_path, "%s", q->backing_path);
     return 0;
 }
@@ -537,16 +537,6 @@ static const struct ep_ops qcow2_ops = {
     .info = q2_info,
 };
 
-static const struct ep_ops qcow_ops = {
-    .name = "qcow",
-    .block_status = q2_block_status,
-    .pread = q2_pread,
-    .pwrite = ep_write_readonly,
-    .zero = ep_zero_by_write,
-    .flush = ep_flush_noop,
-    .close = q2_close,
-    .info = q2_info,
-};
 
 /* ---------------------------------------------------------------- open: header */
 
@@ -1069,7 +1059,8 @@ static struct ep *open_chain(const char *name, const struct ep_open_opts *opts,
     }
     if ((e = open_layers(q, opts, &self)) < 0)
         goto fail;
-    q->ep.ops = q->version == 1 ? &qcow_ops : &qcow2_ops;
+    q->ep.ops = &qcow2_ops; /* one reader for both: only the format's name differs */
+    q->ep.format = q->version == 1 ? "qcow" : "qcow2";
     q->ep.size = q->size;
     q->ep.align = (uint32_t)q->cluster_size;
     q->ep.caps = EP_CAP_BLOCK_STATUS;

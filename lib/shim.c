@@ -19,7 +19,9 @@
  * on untouched) and says so on stderr; any other SIGBUS goes to the handler that was there
  * before (or the default action).  mirror-img itself never truncates a journal.
  */
-#include "journal.h"
+#include "journal-writer.h"
+#include "proc.h"
+#include "util.h"
 
 #include <aio.h>
 #include <dlfcn.h>
@@ -99,7 +101,11 @@ REAL_PTR(preadv64); REAL_PTR(preadv2); REAL_PTR(preadv64v2); REAL_PTR(fsync); RE
 REAL_PTR(sync_file_range); REAL_PTR(recvmsg); REAL_PTR(recvmmsg); REAL_PTR(open_by_handle_at);
 REAL_PTR(pidfd_getfd); REAL_PTR(vdprintf); REAL_PTR(posix_spawn_file_actions_addopen);
 REAL_PTR(posix_spawn_file_actions_destroy); REAL_PTR(posix_spawn); REAL_PTR(posix_spawnp);
-REAL_PTR(ioctl); REAL_PTR(execv); REAL_PTR(execvp); REAL_PTR(execve); REAL_PTR(execvpe); REAL_PTR(fexecve);
+REAL_PTR(fflush); REAL_PTR(fwrite); REAL_PTR(fputs); REAL_PTR(puts); REAL_PTR(fputc);
+REAL_PTR(putc); REAL_PTR(putchar); REAL_PTR(vfprintf); REAL_PTR(vprintf);
+static int (*real___vfprintf_chk)(FILE *, int, const char *, va_list);
+static int (*real___vprintf_chk)(int, const char *, va_list);
+REAL_PTR(ioctl); REAL_PTR(system); REAL_PTR(popen); REAL_PTR(execv); REAL_PTR(execvp); REAL_PTR(execve); REAL_PTR(execvpe); REAL_PTR(fexecve);
 /* fortified entry points, declared where they are wrapped */
 static ssize_t (*real___read_chk)(int, void *, size_t, size_t);
 static ssize_t (*real___pread_chk)(int, void *, size_t, off_t, size_t);
@@ -149,8 +155,19 @@ static inline int tracked(int fd)
            LIKELY(__atomic_load_n(&active, __ATOMIC_RELAXED));
 }
 
+static void refresh_append(void);
+static uint64_t seen_append_gen; /* J.h->append_gen when our FD_APPEND bits were read */
+
+/* O_APPEND belongs to the open file description, which another process may share (fork,
+ * SCM_RIGHTS) and change with F_SETFL: whoever does bumps append_gen, and the others read
+ * their descriptors' flags again before their next write. */
 static inline int fd_append(int fd)
 {
+    uint64_t g = MIJ_LOADR(&J.h->append_gen);
+    if (UNLIKELY(g != __atomic_load_n(&seen_append_gen, __ATOMIC_RELAXED))) {
+        __atomic_store_n(&seen_append_gen, g, __ATOMIC_RELAXED);
+        refresh_append();
+    }
     return __atomic_load_n(&fdst[fd], __ATOMIC_RELAXED) & FD_APPEND;
 }
 
@@ -215,6 +232,16 @@ static void std_check(void)
     }
 }
 
+/* A watched stream is being used (fd 1 or 2; 0: fflush(NULL), both). */
+static void std_check_used(int fd)
+{
+    int w = __atomic_load_n(&std_watch, __ATOMIC_RELAXED);
+    for (int k = 1; k <= 2; k++)
+        if ((w & (1 << k)) && (!fd || fd == k) &&
+            (__atomic_load_n(&fdst[k], __ATOMIC_RELAXED) & FD_TRACKED))
+            untrust(MIJ_U_STDIO);
+}
+
 static void std_stream_check(int fd, int flags)
 {
     if ((fd == 1 || fd == 2) && (flags & O_ACCMODE) != O_RDONLY) {
@@ -222,6 +249,10 @@ static void std_stream_check(int fd, int flags)
         std_check();
     }
 }
+
+/* Set while the constructor looks at the descriptors inherited across exec: those are
+ * where the previous image left them, at the pivot generation it acted on. */
+static bool inheriting;
 
 /* After a call that produced descriptor fd: is it the source?  flags: its open flags, or
  * -1 to ask.  Called with the journal active; keeps errno. */
@@ -240,7 +271,7 @@ static void check_new_fd(int fd, int flags)
         untrust(MIJ_U_FD_TABLE);
     else if (src || (fd < FD_MAX && __atomic_load_n(&fdst[fd], __ATOMIC_RELAXED))) {
         if (may_change_table()) {
-            if (src && !__atomic_load_n(&ntracked, __ATOMIC_SEQ_CST)) {
+            if (src && !__atomic_load_n(&ntracked, __ATOMIC_SEQ_CST) && !inheriting) {
                 /* Nothing to switch at the current pivot generation (a source opened
                  * after a pivot is the user's choice, not ours to move). */
                 uint64_t g = MIJ_LOAD(&J.h->pivot_gen);
@@ -388,33 +419,87 @@ static void maps_add(uintptr_t a, size_t len, uint64_t off, bool writable)
 /* ---------------------------------------------------------------------------------- */
 /* Pivot                                                                                */
 
+/* Open the pivot target for a descriptor with open flags fl: never through a symbolic
+ * link, and only the file the follower meant (its device and inode are in the journal):
+ * a target moved or replaced since the pivot, by anybody, gets no writes. */
+static int open_target(const char *path, int fl, int *err)
+{
+    int nfd = REAL(open)(path, (fl & ~(O_CREAT | O_TRUNC | O_EXCL | O_NOCTTY)) | O_CLOEXEC | O_NOFOLLOW);
+    if (nfd < 0) {
+        *err = errno;
+        return -1;
+    }
+    struct stat st;
+    uint64_t dev = MIJ_LOAD(&J.h->pivot_dev), ino = MIJ_LOAD(&J.h->pivot_ino);
+    if (fstat(nfd, &st) < 0 || (ino && ((uint64_t)st.st_dev != dev || (uint64_t)st.st_ino != ino))) {
+        REAL(close)(nfd);
+        *err = ESTALE;
+        return -1;
+    }
+    return nfd;
+}
+
+/* Descriptors that share one open file description (dup) must share one on the target
+ * too, or their common file position splits.  kcmp tells; without it, one each. */
+static bool same_description(int a, int b)
+{
+    return syscall(SYS_kcmp, mypid, mypid, 0 /* KCMP_FILE */, a, b) == 0;
+}
+
+#define PIVOT_BATCH 256
+
+/* Switch one group: the descriptors in fds[0..n) share the description of fds[0]. */
+static void pivot_group(const char *path, const int *fds, int n, int *err)
+{
+    int fl = REAL(fcntl)(fds[0], F_GETFL);
+    off_t pos = lseek(fds[0], 0, SEEK_CUR);
+    int nfd = open_target(path, fl, err);
+    if (nfd < 0)
+        return;
+    if (pos > 0)
+        lseek(nfd, pos, SEEK_SET);
+    for (int i = 0; i < n; i++) {
+        int fdfl = REAL(fcntl)(fds[i], F_GETFD);
+        if (REAL(dup3)(nfd, fds[i], (fdfl >= 0 && (fdfl & FD_CLOEXEC)) ? O_CLOEXEC : 0) < 0)
+            *err = errno;
+        else
+            set_state(fds[i], 0);
+    }
+    REAL(close)(nfd);
+}
+
 static void pivot_fds(const char *path, int *err)
 {
-    int top = __atomic_load_n(&maxfd, __ATOMIC_RELAXED);
-    for (int fd = 0; fd <= top; fd++) {
-        if (!(__atomic_load_n(&fdst[fd], __ATOMIC_RELAXED) & FD_TRACKED))
-            continue;
-        struct stat st;
-        if (fstat(fd, &st) < 0 || !mij_is_source(J.h, &st)) {
-            set_state(fd, 0); /* stale: closed behind our back */
-            continue;
+    int top = __atomic_load_n(&maxfd, __ATOMIC_RELAXED), fd = 0;
+    while (fd <= top) {
+        /* a batch of tracked descriptors still on the source, grouped by description
+         * before any of them moves (on the stack: no allocation) */
+        int list[PIVOT_BATCH], group[PIVOT_BATCH], n = 0;
+        for (; fd <= top && n < PIVOT_BATCH; fd++) {
+            if (!(__atomic_load_n(&fdst[fd], __ATOMIC_RELAXED) & FD_TRACKED))
+                continue;
+            struct stat st;
+            if (fstat(fd, &st) < 0 || !mij_is_source(J.h, &st)) {
+                set_state(fd, 0); /* stale: closed behind our back */
+                continue;
+            }
+            group[n] = n;
+            for (int k = 0; k < n; k++)
+                if (group[k] == k && same_description(list[k], fd)) {
+                    group[n] = k;
+                    break;
+                }
+            list[n++] = fd;
         }
-        int fl = REAL(fcntl)(fd, F_GETFL), fdfl = REAL(fcntl)(fd, F_GETFD);
-        off_t pos = lseek(fd, 0, SEEK_CUR);
-        int nfd = REAL(open)(path, (fl & ~(O_CREAT | O_TRUNC | O_EXCL | O_NOCTTY)) | O_CLOEXEC);
-        if (nfd < 0) {
-            *err = errno;
-            continue;
+        for (int k = 0; k < n; k++) {
+            if (group[k] != k)
+                continue;
+            int members[PIVOT_BATCH], m = 0;
+            for (int i = k; i < n; i++)
+                if (group[i] == k)
+                    members[m++] = list[i];
+            pivot_group(path, members, m, err);
         }
-        if (pos > 0)
-            lseek(nfd, pos, SEEK_SET);
-        if (REAL(dup3)(nfd, fd, (fdfl >= 0 && (fdfl & FD_CLOEXEC)) ? O_CLOEXEC : 0) < 0) {
-            *err = errno;
-            REAL(close)(nfd);
-            continue;
-        }
-        REAL(close)(nfd);
-        set_state(fd, 0);
     }
 }
 
@@ -425,34 +510,41 @@ static void pivot_now(void)
     if (!may_change_table())
         return; /* a vfork child: its descriptors are not the ones our table describes */
     uint64_t gen = MIJ_LOAD(&J.h->pivot_gen);
+    /* A signal handler that writes the source must not run while this thread switches:
+     * it would wait for this very thread, or write through a half-switched table. */
+    int e = errno;
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
     int zero = 0;
     if (!__atomic_compare_exchange_n(&pivoting, &zero, 1, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
         while (__atomic_load_n(&seen_gen, __ATOMIC_SEQ_CST) != gen &&
                __atomic_load_n(&pivoting, __ATOMIC_SEQ_CST))
-            sched_yield();
-        return;
-    }
-    if (__atomic_load_n(&seen_gen, __ATOMIC_SEQ_CST) != gen) {
-        int e = errno, err = 0;
-        if (!mij_pivot_valid(&J, S, gen)) {
-            err = EPERM; /* not asked for by the follower holding the lease: stay */
-        } else if (nwmaps) {
-            err = EBUSY; /* stores through a mapping cannot be moved: stay, and say so */
-        } else if (__atomic_load_n(&ntracked, __ATOMIC_SEQ_CST)) {
-            char path[MIJ_PATH_MAX];
-            memcpy(path, J.base + MIJ_OFF_PIVOT_PATH, sizeof path);
-            path[sizeof path - 1] = '\0';
-            pivot_fds(path, &err);
+            sched_yield(); /* another thread switches */
+    } else {
+        if (__atomic_load_n(&seen_gen, __ATOMIC_SEQ_CST) != gen) {
+            int err = 0;
+            if (!mij_pivot_valid(&J, S, gen)) {
+                err = EPERM; /* not asked for by the follower holding the lease: stay */
+            } else if (nwmaps) {
+                err = EBUSY; /* stores through a mapping cannot be moved: stay, and say so */
+            } else if (__atomic_load_n(&ntracked, __ATOMIC_SEQ_CST)) {
+                char path[MIJ_PATH_MAX];
+                memcpy(path, J.base + MIJ_OFF_PIVOT_PATH, sizeof path);
+                path[sizeof path - 1] = '\0';
+                pivot_fds(path, &err);
+            }
+            if (err)
+                untrust(MIJ_U_PIVOT_FAILED);
+            MIJ_STORE(&S->pivot_err, err);
+            MIJ_STORE(&S->pivot_ack, gen);
+            record_event(MIJ_OP_PIVOT, -1, gen, 0);
+            __atomic_store_n(&seen_gen, gen, __ATOMIC_SEQ_CST);
         }
-        if (err)
-            untrust(MIJ_U_PIVOT_FAILED);
-        MIJ_STORE(&S->pivot_err, err);
-        MIJ_STORE(&S->pivot_ack, gen);
-        record_event(MIJ_OP_PIVOT, -1, gen, 0);
-        __atomic_store_n(&seen_gen, gen, __ATOMIC_SEQ_CST);
-        errno = e;
+        __atomic_store_n(&pivoting, 0, __ATOMIC_SEQ_CST);
     }
-    __atomic_store_n(&pivoting, 0, __ATOMIC_SEQ_CST);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    errno = e;
 }
 
 /* A pivot not acted on yet, before a call on fd (reads and flushes too, below). */
@@ -827,6 +919,7 @@ EXPORT ssize_t copy_file_range(int in, off64_t *off_in, int out, off64_t *off_ou
                                unsigned flags)
 {
     WC(c);
+    pivot_check(in); /* reading the source after a pivot reads the target */
     if (LIKELY(!tracked(out)) || !wbegin(&c, out, off_out ? M_POS : data_mode(out, 0)))
         return REAL(copy_file_range)(in, off_in, out, off_out, len, flags);
     ssize_t r = REAL(copy_file_range)(in, off_in, out, off_out, len, flags);
@@ -839,6 +932,7 @@ EXPORT ssize_t splice(int in, off64_t *off_in, int out, off64_t *off_out, size_t
                       unsigned flags)
 {
     WC(c);
+    pivot_check(in); /* reading the source after a pivot reads the target */
     if (LIKELY(!tracked(out)) || !wbegin(&c, out, off_out ? M_POS : data_mode(out, 0)))
         return REAL(splice)(in, off_in, out, off_out, len, flags);
     ssize_t r = REAL(splice)(in, off_in, out, off_out, len, flags);
@@ -850,6 +944,7 @@ EXPORT ssize_t splice(int in, off64_t *off_in, int out, off64_t *off_out, size_t
     EXPORT ssize_t name(int out, int in, offt *off, size_t count)                            \
     {                                                                                        \
         WC(c);                                                                               \
+        pivot_check(in);                                                                     \
         if (LIKELY(!tracked(out)) || !wbegin(&c, out, data_mode(out, 0)))                    \
             return REAL(name)(out, in, off, count);                                          \
         ssize_t r = REAL(name)(out, in, off, count);                                         \
@@ -932,14 +1027,16 @@ EXPORT int dup3(int fd, int fd2, int flags)
 
 /* fcntl is variadic: like glibc, take one pointer-sized argument whatever cmd is (the
  * kernel reads it as an unsigned long and ignores it when cmd takes none). */
-static int fcntl_after(int fd, int cmd, int r)
+__attribute__((noinline)) static int fcntl_after(int fd, int cmd, int r)
 {
     if (r < 0 || !__atomic_load_n(&active, __ATOMIC_RELAXED))
         return r;
     if (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC)
         copy_state(fd, r);
-    else if (cmd == F_SETFL && tracked(fd))
+    else if (cmd == F_SETFL && tracked(fd)) {
+        __atomic_fetch_add(&J.h->append_gen, 1, __ATOMIC_SEQ_CST);
         refresh_append();
+    }
     return r;
 }
 
@@ -1066,6 +1163,52 @@ EXPORT int mprotect(void *addr, size_t len, int prot)
     return r;
 }
 
+/* [old, old+old_len) of a tracked mapping now lives at [p, p+new_len): the parts of the
+ * mapping around it stay where they were (one entry each), the moved part gets an entry
+ * of its own, marked dirty if writable. */
+static void maps_moved(uintptr_t old, size_t old_len, uintptr_t p, size_t new_len)
+{
+    bool full = false;
+    maps_lock_take();
+    int n = nmaps_used;
+    for (int i = 0; i < n; i++) {
+        struct map m = maps[i];
+        uintptr_t me = m.addr + m.len;
+        if (!m.len || me <= old || m.addr >= old + old_len)
+            continue;
+        uintptr_t lo = old > m.addr ? old : m.addr, hi = old + old_len < me ? old + old_len : me;
+        /* the moved part ends where the new range ends when it reached the old range's end
+         * (it grew or shrank with it) */
+        size_t moved = hi < old + old_len ? hi - lo : new_len > lo - old ? new_len - (lo - old) : 0;
+        struct map parts[3] = {
+            {m.addr, lo - m.addr, m.off, m.writable},                       /* left */
+            {p + (lo - old), moved, m.off + (lo - m.addr), m.writable},     /* moved */
+            {hi, me - hi, m.off + (hi - m.addr), m.writable},               /* right */
+        };
+        maps[i].len = 0;
+        for (int k = 0; k < 3; k++) {
+            if (!parts[k].len)
+                continue;
+            int f;
+            for (f = 0; f < NMAPS && maps[f].len; f++)
+                ;
+            if (f == NMAPS) {
+                full = true;
+                break;
+            }
+            maps[f] = parts[k];
+            if (f >= nmaps_used)
+                nmaps_used = f + 1;
+            if (k == 1 && parts[k].writable)
+                mark_event(MIJ_OP_MREMAP, -1, parts[k].off, parts[k].len);
+        }
+    }
+    maps_publish();
+    maps_lock_give();
+    if (full)
+        untrust(MIJ_U_MMAP_TABLE);
+}
+
 EXPORT void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
 {
     void *want = NULL;
@@ -1078,17 +1221,7 @@ EXPORT void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
     void *p = REAL(mremap)(old, old_len, new_len, flags, want);
     if (p != MAP_FAILED && __atomic_load_n(&active, __ATOMIC_RELAXED) && nmaps_used) {
         int e = errno;
-        maps_lock_take();
-        for (int i = 0; i < nmaps_used; i++)
-            if (maps[i].len && maps[i].addr == (uintptr_t)old) {
-                maps[i].addr = (uintptr_t)p;
-                maps[i].len = new_len;
-                if (maps[i].writable)
-                    mark_event(MIJ_OP_MREMAP, -1, maps[i].off, new_len);
-                maps_publish();
-                break;
-            }
-        maps_lock_give();
+        maps_moved((uintptr_t)old, old_len, (uintptr_t)p, new_len);
         errno = e;
     }
     return p;
@@ -1106,10 +1239,17 @@ static bool raw_write_nr(long nr, long a1, long a3)
         return tracked((int)a1);
     case SYS_copy_file_range: case SYS_splice:
         return tracked((int)a3);
+    case SYS_truncate: { /* by path: is it the source? */
+        struct stat st;
+        return a1 && stat((const char *)a1, &st) == 0 && mij_is_source(J.h, &st);
+    }
     default:
         return false;
     }
 }
+
+static void check_rights(const struct msghdr *m);
+static int fcntl_after(int fd, int cmd, int r);
 
 /* Descriptors made by raw system calls (openat2 has no glibc wrapper): track them as if
  * the wrapper had made them.  An open that truncated the source cannot be marked
@@ -1132,6 +1272,11 @@ static void raw_new_fd(long nr, long r, long a1, long a2, long a3)
     }
     case SYS_open_by_handle_at: flags = (int)a3; break;
     case SYS_pidfd_getfd: check_new_fd((int)r, -1); return;
+    case SYS_recvmsg: check_rights((const struct msghdr *)a2); return;
+    case SYS_recvmmsg:
+        for (long i = 0; i < r; i++)
+            check_rights(&((const struct mmsghdr *)a2)[i].msg_hdr);
+        return;
 #ifdef SYS_dup2
     case SYS_dup2:
 #endif
@@ -1142,12 +1287,14 @@ static void raw_new_fd(long nr, long r, long a1, long a2, long a3)
     case SYS_fcntl:
         if (a2 == F_DUPFD || a2 == F_DUPFD_CLOEXEC)
             copy_state((int)a1, (int)r);
+        else if (a2 == F_SETFL && (unsigned long)a1 < FD_MAX && tracked((int)a1))
+            fcntl_after((int)a1, F_SETFL, 0);
         return;
     default:
         return;
     }
     check_new_fd((int)r, flags);
-    if ((flags & O_TRUNC) && (flags & O_ACCMODE) != O_RDONLY && tracked((int)r))
+    if ((flags & O_TRUNC) && (flags & O_ACCMODE) != O_RDONLY && (unsigned long)r < FD_MAX && tracked((int)r))
         untrust(MIJ_U_RAW_SYSCALL);
 }
 
@@ -1272,6 +1419,85 @@ EXPORT int fclose(FILE *f)
             set_state(fd, 0);
     }
     return REAL(fclose)(f);
+}
+
+/* stdout or stderr on the source (std_watch): the first use of the stream raises stdio,
+ * before its bytes can reach the file (a later fflush, or exit, writes them unseen). */
+static inline void std_use(FILE *f)
+{
+    if (UNLIKELY(__atomic_load_n(&std_watch, __ATOMIC_RELAXED)) && (!f || f == stdout || f == stderr)) {
+        int e = errno;
+        std_check_used(f ? (f == stdout ? 1 : 2) : 0);
+        errno = e;
+    }
+}
+
+/* fflush writes only what is pending (bash flushes stdout after every builtin). */
+EXPORT int fflush(FILE *f)
+{
+    if (UNLIKELY(__atomic_load_n(&std_watch, __ATOMIC_RELAXED))) {
+        if ((!f || f == stdout) && stdout && stdout->_IO_write_ptr > stdout->_IO_write_base)
+            std_use(stdout);
+        if ((!f || f == stderr) && stderr && stderr->_IO_write_ptr > stderr->_IO_write_base)
+            std_use(stderr);
+    }
+    return REAL(fflush)(f);
+}
+EXPORT size_t fwrite(const void *p, size_t sz, size_t n, FILE *f) { std_use(f); return REAL(fwrite)(p, sz, n, f); }
+EXPORT int fputs(const char *str, FILE *f) { std_use(f); return REAL(fputs)(str, f); }
+EXPORT int puts(const char *str) { std_use(stdout); return REAL(puts)(str); }
+EXPORT int fputc(int c, FILE *f) { std_use(f); return REAL(fputc)(c, f); }
+EXPORT int putc(int c, FILE *f) { std_use(f); return REAL(putc)(c, f); }
+EXPORT int putchar(int c) { std_use(stdout); return REAL(putchar)(c); }
+EXPORT int vfprintf(FILE *f, const char *fmt, va_list ap) { std_use(f); return REAL(vfprintf)(f, fmt, ap); }
+EXPORT int vprintf(const char *fmt, va_list ap) { std_use(stdout); return REAL(vprintf)(fmt, ap); }
+EXPORT int fprintf(FILE *f, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    std_use(f);
+    int r = REAL(vfprintf)(f, fmt, ap);
+    va_end(ap);
+    return r;
+}
+EXPORT int printf(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    std_use(stdout);
+    int r = REAL(vprintf)(fmt, ap);
+    va_end(ap);
+    return r;
+}
+int __vfprintf_chk(FILE *f, int flag, const char *fmt, va_list ap);
+int __vprintf_chk(int flag, const char *fmt, va_list ap);
+EXPORT int __vfprintf_chk(FILE *f, int flag, const char *fmt, va_list ap)
+{
+    std_use(f);
+    return REAL(__vfprintf_chk)(f, flag, fmt, ap);
+}
+EXPORT int __vprintf_chk(int flag, const char *fmt, va_list ap)
+{
+    std_use(stdout);
+    return REAL(__vprintf_chk)(flag, fmt, ap);
+}
+EXPORT int __fprintf_chk(FILE *f, int flag, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    std_use(f);
+    int r = REAL(__vfprintf_chk)(f, flag, fmt, ap);
+    va_end(ap);
+    return r;
+}
+EXPORT int __printf_chk(int flag, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    std_use(stdout);
+    int r = REAL(__vprintf_chk)(flag, fmt, ap);
+    va_end(ap);
+    return r;
 }
 
 /* ---------------------------------------------------------------------------------- */
@@ -1447,8 +1673,15 @@ EXPORT int recvmmsg(int s, struct mmsghdr *v, unsigned int n, int flags, struct 
 EXPORT int open_by_handle_at(int mount_fd, struct file_handle *h, int flags)
 {
     int r = REAL(open_by_handle_at)(mount_fd, h, flags);
-    if (r >= 0 && __atomic_load_n(&active, __ATOMIC_RELAXED))
+    if (r >= 0 && __atomic_load_n(&active, __ATOMIC_RELAXED)) {
         check_new_fd(r, flags);
+        /* it emptied the source, whose old size a handle does not tell: a full pass */
+        if ((flags & O_TRUNC) && (flags & O_ACCMODE) != O_RDONLY && tracked(r)) {
+            int e = errno;
+            untrust(MIJ_U_RAW_SYSCALL);
+            errno = e;
+        }
+    }
     return r;
 }
 
@@ -1509,6 +1742,7 @@ EXPORT int __dprintf_chk(int fd, int flag, const char *fmt, ...)
  * remembered here, and the spawn is marked like a truncate to 0 of the source.         */
 
 static void exec_check(char *const envp[]);
+static void exec_check_as(char *const envp[], bool self);
 
 #define SPAWN_TRUNC_MAX 16
 static const posix_spawn_file_actions_t *spawn_trunc[SPAWN_TRUNC_MAX];
@@ -1573,7 +1807,7 @@ EXPORT int posix_spawn_file_actions_destroy(posix_spawn_file_actions_t *fa)
                 size = (int64_t)st.st_size;                                                  \
             errno = e;                                                                       \
         }                                                                                    \
-        exec_check(envp);                                                                    \
+        exec_check_as(envp, false);                                                          \
         if (size < 0 || !wbegin(&c, -1, M_POS))                                              \
             return REAL(name)(pid, path, fa, at, argv, envp);                                \
         int r = REAL(name)(pid, path, fa, at, argv, envp);                                   \
@@ -1618,46 +1852,75 @@ static bool source_inherited(void)
     return false;
 }
 
-static void exec_check(char *const envp[])
+/* Before an exec of this process (pending: true) or a spawn of another (false). */
+static void exec_check_as(char *const envp[], bool self)
 {
     if (!__atomic_load_n(&active, __ATOMIC_RELAXED) || !journal_env ||
         !__atomic_load_n(&ntracked, __ATOMIC_RELAXED))
         return;
     int e = errno;
-    if (!env_has_shim(envp) && source_inherited())
-        untrust(MIJ_U_EXEC);
+    if (source_inherited()) {
+        if (!env_has_shim(envp))
+            untrust(MIJ_U_EXEC);
+        else if (self && may_change_table())
+            MIJ_STORE(&S->exec_pending, 1); /* the new image's shim clears it */
+    }
     errno = e;
+}
+
+static void exec_check(char *const envp[]) { exec_check_as(envp, true); }
+
+/* An exec that failed: this image goes on. */
+static int exec_failed(int r)
+{
+    if (__atomic_load_n(&active, __ATOMIC_RELAXED) && may_change_table())
+        MIJ_STORE(&S->exec_pending, 0);
+    return r;
 }
 
 EXPORT int execve(const char *path, char *const argv[], char *const envp[])
 {
     exec_check(envp);
-    return REAL(execve)(path, argv, envp);
+    return exec_failed(REAL(execve)(path, argv, envp));
 }
 
 EXPORT int execvpe(const char *file, char *const argv[], char *const envp[])
 {
     exec_check(envp);
-    return REAL(execvpe)(file, argv, envp);
+    return exec_failed(REAL(execvpe)(file, argv, envp));
 }
 
 EXPORT int fexecve(int fd, char *const argv[], char *const envp[])
 {
     exec_check(envp);
-    return REAL(fexecve)(fd, argv, envp);
+    return exec_failed(REAL(fexecve)(fd, argv, envp));
 }
 
 /* These take the caller's environment, which the program may have cleared (env -i). */
 EXPORT int execv(const char *path, char *const argv[])
 {
     exec_check(environ);
-    return REAL(execv)(path, argv);
+    return exec_failed(REAL(execv)(path, argv));
 }
 
 EXPORT int execvp(const char *file, char *const argv[])
 {
     exec_check(environ);
-    return REAL(execvp)(file, argv);
+    return exec_failed(REAL(execvp)(file, argv));
+}
+
+/* system and popen spawn a shell with glibc's internal posix_spawn and the caller's
+ * environment. */
+EXPORT int system(const char *cmd)
+{
+    exec_check_as(environ, false);
+    return REAL(system)(cmd);
+}
+
+EXPORT FILE *popen(const char *cmd, const char *mode)
+{
+    exec_check_as(environ, false);
+    return REAL(popen)(cmd, mode);
 }
 
 /* execl, execlp, execle: their arguments as an array (on the stack: no allocation). */
@@ -1683,7 +1946,7 @@ EXPORT int execl(const char *path, const char *arg, ...)
     char *const *envp = environ;
     EXEC_ARGS(argv, arg, 0, envp);
     exec_check(envp);
-    return REAL(execv)(path, (char *const *)argv);
+    return exec_failed(REAL(execv)(path, (char *const *)argv));
 }
 
 EXPORT int execlp(const char *file, const char *arg, ...)
@@ -1691,7 +1954,7 @@ EXPORT int execlp(const char *file, const char *arg, ...)
     char *const *envp = environ;
     EXEC_ARGS(argv, arg, 0, envp);
     exec_check(envp);
-    return REAL(execvp)(file, (char *const *)argv);
+    return exec_failed(REAL(execvp)(file, (char *const *)argv));
 }
 
 EXPORT int execle(const char *path, const char *arg, ...)
@@ -1699,7 +1962,7 @@ EXPORT int execle(const char *path, const char *arg, ...)
     char *const *envp = NULL;
     EXEC_ARGS(argv, arg, 1, envp);
     exec_check(envp);
-    return REAL(execve)(path, (char *const *)argv, envp);
+    return exec_failed(REAL(execve)(path, (char *const *)argv, envp));
 }
 
 /* ---------------------------------------------------------------------------------- */
@@ -1784,11 +2047,15 @@ static void scan_fds(void)
 {
     int dfd = REAL(open)("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dfd < 0) {
+        inheriting = true;
         for (int fd = 0; fd < 1024; fd++)
             check_new_fd(fd, -1);
+        inheriting = false;
         return;
     }
+    inheriting = true;
     mij_dir_numbers(dfd, scan_one_fd, &dfd);
+    inheriting = false;
     REAL(close)(dfd);
 }
 
@@ -1822,6 +2089,8 @@ __attribute__((destructor)) static void shim_fini(void)
 __attribute__((constructor)) static void shim_init(void)
 {
     resolve_all();
+    /* The journal code's own calls must not enter our wrappers. */
+    mij_libc = (struct mij_libc){REAL(open), REAL(close), REAL(read), REAL(pread), REAL(syscall)};
     const char *jp = secure_getenv("MIRROR_IMG_JOURNAL");
     if (!jp || !*jp)
         return;
@@ -1839,7 +2108,7 @@ __attribute__((constructor)) static void shim_init(void)
     int r = mij_map(&J, fd, jp, false);
     REAL(close)(fd);
     if (r < 0) {
-        say(mij_errbuf, ": not journaling", NULL);
+        say(mi_lasterr(), ": not journaling", NULL);
         errno = e;
         return;
     }

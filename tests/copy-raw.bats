@@ -141,6 +141,10 @@ assert d["len"] == d["offset"] and d["duration_ms"] >= 0 and d["device"].endswit
     script -qec "$MI copy -p '$T/src.raw' '$T/dst.raw'" /dev/null > "$T/tty.out"
     grep -q '100.0%' "$T/tty.out"
     grep -q 'ETA' "$T/tty.out"
+    # every redraw clears to the end of the line: nothing of a longer line stays behind
+    draws=$(tr '\r' '\n' < "$T/tty.out" | grep -c 'ETA')
+    clears=$(tr '\r' '\n' < "$T/tty.out" | grep -c $'ETA [0-9:-]*\e\[K')
+    [ "$draws" -gt 0 ] && [ "$draws" -eq "$clears" ]
     cmp "$T/src.raw" "$T/dst.raw"
 }
 

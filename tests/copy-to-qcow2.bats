@@ -229,3 +229,20 @@ assert sum(e["length"] for e in m) == 6 * 1024 * 1024 + 512' "$output"
     judge "$T/top.qcow2" "$T/dst.qcow2"
 }
 
+
+@test "copy -O qcow2 of a raw file whose size is not a multiple of 512: rounded up, tail zero" {
+    head -c 1000003 /dev/urandom > "$T/odd.raw"
+    run "$MI" copy -O qcow2 "$T/odd.raw" "$T/odd.qcow2"
+    assert_success
+    assert_output --partial "virtual size rounded up from 1000003 to 1000448 bytes"
+    [ "$(qemu-img info --output=json "$T/odd.qcow2" | python3 -c 'import json,sys; print(json.load(sys.stdin)["virtual-size"])')" -eq 1000448 ]
+    qemu_same "$T/odd.raw" "$T/odd.qcow2"
+    qcow2_ok "$T/odd.qcow2"
+    run "$MI" compare "$T/odd.raw" "$T/odd.qcow2"
+    assert_success
+    # and back: the raw copy has the padded size, the same bytes and zeros after them
+    run "$MI" copy -O raw "$T/odd.qcow2" "$T/back.raw"
+    assert_success
+    cmp -n 1000003 "$T/odd.raw" "$T/back.raw"
+    qemu_same "$T/odd.raw" "$T/back.raw"
+}

@@ -26,13 +26,21 @@ usage_error() {
     [ ! -e "$DST" ] || fail "$DST was created"
 }
 
+@test "options: a --buf-size below the granularity is rounded up, and -v says so" {
+    run "$MI" copy -v --buf-size=4096 -j 2 "$SRC" "$T/small.raw"
+    assert_success
+    assert_output --partial "--buf-size 4.0 KiB rounded up to"
+    qemu_same "$SRC" "$T/small.raw"
+}
+
 @test "options: sizes that are not sizes, not powers of two, or too large" {
     usage_error "--granularity: '3K' is not a power of two" copy -g 3K "$SRC" "$DST"
     usage_error "--granularity: 'abc' is not a size" copy -g abc "$SRC" "$DST"
     usage_error "--granularity: '256' is not a power of two from 512" copy --granularity=256 "$SRC" "$DST"
     usage_error "--granularity: '128M'" copy -g 128M "$SRC" "$DST"
     usage_error "--buf-size: '1Q' is not a size" copy --buf-size 1Q "$SRC" "$DST"
-    usage_error "--buf-size: '1K' is outside" copy --buf-size=1K "$SRC" "$DST"
+    usage_error "--buf-size: '0' is outside 1..4G" copy --buf-size=0 "$SRC" "$DST"
+    usage_error "--buf-size: '5G' is outside 1..4G" copy --buf-size=5G "$SRC" "$DST"
     usage_error "--speed: '-5' is not a size" copy -s -5 "$SRC" "$DST"
     usage_error "--speed: '99999999999T' is too large" copy -s 99999999999T "$SRC" "$DST"
     usage_error "--speed: '1.5M' is not a size" copy --speed=1.5M "$SRC" "$DST"

@@ -11,7 +11,7 @@ setup_file() {
     export WBIN=$BATS_FILE_TMPDIR/writer JCTL=$BATS_FILE_TMPDIR/jctl
     gcc -O2 -Wall -pthread -o "$WBIN" "$TOP/tests/writers/writer.c"
     gcc -O2 -Wall -std=gnu11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -pthread -I"$TOP/lib" \
-        -o "$JCTL" "$TOP/tests/writers/jctl.c" "$TOP/lib/journal.c" "$TOP/lib/util.c"
+        -o "$JCTL" "$TOP/tests/writers/jctl.c" "${JOURNAL_SRC[@]}"
 }
 
 setup() {

@@ -18,6 +18,12 @@
  *   SHORTIO_REPORT  at exit, append "pid=P seed=S faults=N eintr=N short=N zero=N
  *                   calls=N" to this file (default: stderr); calls counts the calls
  *                   on disturbed files, faults those that got a fault
+ *   SHORTIO_FSYNC_DELAY_MS  fsync and fdatasync of a file under SHORTIO_PATHS sleep this
+ *                   long before the real call (default 0: no delay; independent of
+ *                   SHORTIO_RATE, which may be 0)
+ *   SHORTIO_FSYNC_DELAY_IF  delay only while this path exists (default: always)
+ *   SHORTIO_FSYNC_MARK  append "fsync pid=P fd=N\n" to this file when a delayed call
+ *                   starts its sleep (so that a test can act during the slow flush)
  *
  * Thread-safe: a generator per thread, counters updated atomically.  Links only libc.
  */
@@ -32,6 +38,7 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #define EXPORT __attribute__((visibility("default")))
@@ -49,6 +56,8 @@ static struct {
     uint64_t seed;
     enum mode mode;
     const char *report;
+    unsigned long fsync_delay_ms;
+    const char *fsync_delay_if, *fsync_mark;
 } cfg;
 
 static uint64_t n_eintr, n_short, n_zero, n_calls, n_threads;
@@ -59,7 +68,7 @@ static uint64_t n_eintr, n_short, n_zero, n_calls, n_threads;
 REAL_PTR(read); REAL_PTR(write); REAL_PTR(pread); REAL_PTR(pwrite); REAL_PTR(pread64);
 REAL_PTR(pwrite64); REAL_PTR(readv); REAL_PTR(writev); REAL_PTR(preadv); REAL_PTR(pwritev);
 REAL_PTR(preadv64); REAL_PTR(pwritev64); REAL_PTR(preadv2); REAL_PTR(pwritev2);
-REAL_PTR(preadv64v2); REAL_PTR(pwritev64v2);
+REAL_PTR(preadv64v2); REAL_PTR(pwritev64v2); REAL_PTR(fsync); REAL_PTR(fdatasync);
 
 /* Resolved in the constructor, or lazily for a call from another library's constructor. */
 #define REAL(name)                                                                           \
@@ -102,7 +111,11 @@ __attribute__((constructor)) static void shortio_init(void)
     (void)REAL(pread64), (void)REAL(pwrite64), (void)REAL(readv), (void)REAL(writev);
     (void)REAL(preadv), (void)REAL(pwritev), (void)REAL(preadv64), (void)REAL(pwritev64);
     (void)REAL(preadv2), (void)REAL(pwritev2), (void)REAL(preadv64v2), (void)REAL(pwritev64v2);
+    (void)REAL(fsync), (void)REAL(fdatasync);
     parse_paths();
+    cfg.fsync_delay_ms = env_num("SHORTIO_FSYNC_DELAY_MS", 0);
+    cfg.fsync_delay_if = getenv("SHORTIO_FSYNC_DELAY_IF");
+    cfg.fsync_mark = getenv("SHORTIO_FSYNC_MARK");
     cfg.rate = (unsigned)env_num("SHORTIO_RATE", 15);
     if (cfg.rate > 100)
         cfg.rate = 100;
@@ -321,3 +334,43 @@ VEC(preadv64v2(int fd, const struct iovec *iov, int cnt, off64_t off, int fl), f
     preadv64v2, off, fl)
 VEC(pwritev64v2(int fd, const struct iovec *iov, int cnt, off64_t off, int fl), true,
     pwritev64v2, off, fl)
+
+/* ---- slow flushes (SHORTIO_FSYNC_DELAY_MS) ---- */
+
+/* Sleep before an fsync or fdatasync of a disturbed file (the whole delay, through EINTR). */
+static void fsync_delay(int fd)
+{
+    if (!cfg.fsync_delay_ms || !disturbed(fd))
+        return;
+    if (cfg.fsync_delay_if && *cfg.fsync_delay_if && access(cfg.fsync_delay_if, F_OK) < 0)
+        return;
+    if (cfg.fsync_mark && *cfg.fsync_mark) {
+        int m = open(cfg.fsync_mark, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+        if (m >= 0) {
+            char line[64];
+            int n = snprintf(line, sizeof line, "fsync pid=%d fd=%d\n", (int)getpid(), fd);
+            (void)!REAL(write)(m, line, (size_t)n);
+            close(m);
+        }
+    }
+    struct timespec ts = {(time_t)(cfg.fsync_delay_ms / 1000),
+                          (long)(cfg.fsync_delay_ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+}
+
+EXPORT int fsync(int fd)
+{
+    int e = errno;
+    fsync_delay(fd);
+    errno = e;
+    return REAL(fsync)(fd);
+}
+
+EXPORT int fdatasync(int fd)
+{
+    int e = errno;
+    fsync_delay(fd);
+    errno = e;
+    return REAL(fdatasync)(fd);
+}

@@ -1,4 +1,4 @@
-/* test-journal.c: the journal API (lib/journal.h), TAP.  The test plays both sides: the
+/* test-journal.c: the journal API (lib/journal.h: layout, writer and follower sides), TAP.  The test plays both sides: the
  * follower through the API, writers through the inline writer functions the shim uses. */
 #include "journal.h"
 #include "tap.h"

@@ -7,6 +7,14 @@
  *   jctl pivot J TARGET                  quiesce, copy the source to TARGET, pivot, release
  *   jctl lock J SECS                     be the follower for SECS seconds, doing nothing
  *   jctl delay J US SECS                 set the auto-converge delay for SECS seconds
+ *
+ * Forgeries: what a program that is not the follower could write into the journal (it maps
+ * the file itself, takes no lock and no lease, and calls nothing of the journal API).
+ *
+ *   jctl forge-pivot J PATH              PATH into the pivot path area, pivot_gen + 1
+ *   jctl forge-quiesce J                 quiesce = 1 under a lease of one hour (lease_ns,
+ *                                        lease_expiry_ns = now + 1 h) "held" by a pid that
+ *                                        is not alive (lease_pid, follower_pid)
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -19,6 +27,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -52,10 +63,69 @@ static int copy_file(const char *from, const char *to)
     return n < 0 ? -1 : 0;
 }
 
+/* A pid that is not alive: a child that exited and was reaped. */
+static int dead_pid(void)
+{
+    pid_t p = fork();
+    if (p == 0)
+        _exit(0);
+    if (p > 0)
+        waitpid(p, NULL, 0);
+    return (int)p;
+}
+
+/* forge-pivot and forge-quiesce: the journal mapped by hand, as any program could. */
+static int forge(int argc, char **argv)
+{
+    const char *cmd = argv[1], *jp = argv[2];
+    int fd = open(jp, O_RDWR | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0 || st.st_size < (off_t)MIJ_HEADER_SIZE) {
+        fprintf(stderr, "jctl: %s: cannot open a journal: %s\n", jp, strerror(errno));
+        return 1;
+    }
+    uint8_t *base = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    if (base == MAP_FAILED) {
+        perror("jctl: mmap");
+        return 1;
+    }
+    struct mij_header *h = (struct mij_header *)base;
+    if (!strcmp(cmd, "forge-pivot") && argc == 4) {
+        char *path = (char *)base + MIJ_OFF_PIVOT_PATH;
+        memset(path, 0, MIJ_PATH_MAX);
+        strncpy(path, argv[3], MIJ_PATH_MAX - 1);
+        uint64_t g = __atomic_add_fetch(&h->pivot_gen, 1, __ATOMIC_SEQ_CST);
+        printf("forged pivot_gen %llu -> %s\n", (unsigned long long)g, path);
+    } else if (!strcmp(cmd, "forge-quiesce") && argc == 3) {
+        int pid = dead_pid();
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        uint64_t now = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+        uint64_t hour = 3600ull * 1000000000ull;
+        __atomic_store_n(&h->lease_ns, hour, __ATOMIC_SEQ_CST);
+        __atomic_store_n(&h->follower_pid, pid, __ATOMIC_SEQ_CST);
+        __atomic_store_n(&h->lease_pid, pid, __ATOMIC_SEQ_CST);
+        __atomic_store_n(&h->lease_expiry_ns, now + hour, __ATOMIC_SEQ_CST);
+        __atomic_add_fetch(&h->quiesce_seq, 1, __ATOMIC_SEQ_CST);
+        __atomic_store_n(&h->quiesce, 1, __ATOMIC_SEQ_CST);
+        printf("forged quiesce by pid %d until %llu\n", pid, (unsigned long long)(now + hour));
+    } else {
+        fprintf(stderr, "jctl: bad command\n");
+        return 2;
+    }
+    munmap(base, (size_t)st.st_size);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc >= 3 && !strncmp(argv[1], "forge-", 6)) {
+        setvbuf(stdout, NULL, _IOLBF, 0);
+        return forge(argc, argv);
+    }
     if (argc < 4) {
-        fprintf(stderr, "usage: jctl hold|pivot|lock|delay J ARGS\n");
+        fprintf(stderr, "usage: jctl hold|pivot|lock|delay|forge-pivot|forge-quiesce J ARGS\n");
         return 2;
     }
     setvbuf(stdout, NULL, _IOLBF, 0);

@@ -1,6 +1,9 @@
-/* journal.c: see journal.h.  Built twice: into mirror-img, and into the shim with
- * -DMI_SHIM (libc only: no util.c there, and nothing that the shim does not need). */
-#include "journal.h"
+/* journal-follower.c: the follower's side of the journal (journal-follower.h):
+ * creating and opening journals, following (lock, lease), taking dirty chunks, quiesce and
+ * pivot, the registry as the follower sees it, writers behind the shim's back, the
+ * recorded source and target, observation and reset.  mirror-img only. */
+#include "journal-follower.h"
+#include "util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -9,7 +12,6 @@
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,435 +20,6 @@
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
-
-#ifndef MI_SHIM
-#include "util.h"
-#endif
-
-char mij_errbuf[512];
-
-/* Leave a message (and in mirror-img, the thread's error message); return -code. */
-__attribute__((format(printf, 2, 3))) static int jerr(int code, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(mij_errbuf, sizeof mij_errbuf, fmt, ap);
-    va_end(ap);
-#ifndef MI_SHIM
-    mi_seterr(code, "%s", mij_errbuf);
-#endif
-    return -code;
-}
-
-void mij_untrust(struct mij *j, enum mij_reason r, int pid)
-{
-    uint64_t bit = MIJ_U_BIT(r);
-    if (MIJ_LOADR(&j->h->untrusted) & bit)
-        return;
-    uint64_t old = __atomic_fetch_or(&j->h->untrusted, bit, __ATOMIC_SEQ_CST);
-    if (!(old & bit)) {
-        __atomic_store_n(&j->h->why[r].pid, pid, __ATOMIC_RELAXED);
-        __atomic_store_n(&j->h->why[r].ns, mij_clock(CLOCK_REALTIME), __ATOMIC_RELAXED);
-    }
-}
-
-/* ---------------------------------------------------------------------------------- */
-/* Mapping and validation                                                               */
-
-static uint64_t bitmap_bytes_for(uint64_t nchunks)
-{
-    uint64_t words = (nchunks + 63) / 64;
-    return (words * 8 + 4095) / 4096 * 4096;
-}
-
-/* Every field that says where something is must be exactly what this version computes. */
-static int validate(const struct mij_header *h, uint64_t fsize, const char *path)
-{
-    if (memcmp(h->magic, MIJ_MAGIC, 8))
-        return jerr(EINVAL, "%s: not a mirror-img journal (bad magic)", path);
-    if (h->bom != MIJ_BOM)
-        return jerr(EINVAL, "%s: journal was written on a machine of another byte order", path);
-    if (h->version != MIJ_VERSION)
-        return jerr(EINVAL, "%s: journal version %u is not supported (this mirror-img knows %u)",
-                    path, h->version, MIJ_VERSION);
-    uint64_t g = h->granularity;
-    if (g < MIJ_MIN_GRANULARITY || g > MIJ_MAX_GRANULARITY || (g & (g - 1)))
-        return jerr(EINVAL, "%s: corrupted journal: granularity %llu", path, (unsigned long long)g);
-    if (!h->nchunks || h->nchunks > MIJ_MAX_CHUNKS || h->covered / g != h->nchunks ||
-        h->covered % g)
-        return jerr(EINVAL, "%s: corrupted journal: %llu chunks for %llu bytes", path,
-                    (unsigned long long)h->nchunks, (unsigned long long)h->covered);
-    uint64_t bb = bitmap_bytes_for(h->nchunks);
-    if (h->header_size != MIJ_HEADER_SIZE || h->bitmap_bytes != bb ||
-        h->dirty_off != MIJ_HEADER_SIZE || h->copying_off != MIJ_HEADER_SIZE + bb ||
-        h->file_size != MIJ_HEADER_SIZE + 2 * bb || h->slots_off != MIJ_OFF_SLOTS ||
-        h->nslots != MIJ_NSLOTS || h->slot_size != sizeof(struct mij_slot) ||
-        h->ring_off != MIJ_OFF_RING || h->nring != MIJ_NRING ||
-        h->rec_size != sizeof(struct mij_rec) || h->paths_off != MIJ_OFF_SRC_PATH)
-        return jerr(EINVAL, "%s: corrupted journal: inconsistent layout", path);
-    if (h->file_size != fsize)
-        return jerr(EINVAL, "%s: %s journal: %llu bytes, its header says %llu", path,
-                    fsize < h->file_size ? "truncated" : "corrupted",
-                    (unsigned long long)fsize, (unsigned long long)h->file_size);
-    /* The three paths must end inside their 4 KiB: a read-only mapping cannot cut them. */
-    for (unsigned i = 0; i < 3; i++)
-        if (!memchr((const char *)h + MIJ_OFF_SRC_PATH + i * MIJ_PATH_MAX, '\0', MIJ_PATH_MAX))
-            return jerr(EINVAL, "%s: corrupted journal: unterminated path", path);
-    if (h->src_type != S_IFREG && h->src_type != S_IFBLK)
-        return jerr(EINVAL, "%s: corrupted journal: source type %#x", path, h->src_type);
-    return 0;
-}
-
-int mij_map(struct mij *j, int fd, const char *path, bool rdonly)
-{
-    struct stat st;
-    memset(j, 0, sizeof *j);
-    j->fd = -1;
-    if (fstat(fd, &st) < 0)
-        return jerr(errno, "%s: %s", path, strerror(errno));
-    if (!S_ISREG(st.st_mode))
-        return jerr(EINVAL, "%s: not a mirror-img journal (not a regular file)", path);
-    /* The journal steers writers (quiesce, pivot): only its owner may write it. */
-    if (!rdonly && st.st_uid != geteuid())
-        return jerr(EPERM, "%s: journal is owned by uid %u, not by this user (uid %u): refusing it",
-                    path, (unsigned)st.st_uid, (unsigned)geteuid());
-    if (!rdonly && (st.st_mode & 022))
-        return jerr(EPERM, "%s: journal is writable by other users (mode %04o): refusing it", path,
-                    (unsigned)(st.st_mode & 07777));
-    if ((uint64_t)st.st_size < MIJ_HEADER_SIZE) {
-        if (st.st_size >= 8) {
-            char magic[8];
-            if (pread(fd, magic, 8, 0) == 8 && !memcmp(magic, MIJ_MAGIC, 8))
-                return jerr(EINVAL, "%s: truncated journal: %llu bytes", path,
-                            (unsigned long long)st.st_size);
-        }
-        return jerr(EINVAL, "%s: not a mirror-img journal (%s)", path,
-                    st.st_size ? "too small" : "empty file");
-    }
-    void *p = mmap(NULL, (size_t)st.st_size, PROT_READ | (rdonly ? 0 : PROT_WRITE), MAP_SHARED,
-                   fd, 0);
-    if (p == MAP_FAILED)
-        return jerr(errno, "%s: cannot map the journal: %s", path, strerror(errno));
-    int r = validate(p, (uint64_t)st.st_size, path);
-    if (r < 0) {
-        munmap(p, (size_t)st.st_size);
-        return r;
-    }
-    j->base = p;
-    j->h = p;
-    j->size = (size_t)st.st_size;
-    j->dirty = (uint64_t *)(j->base + j->h->dirty_off);
-    j->copying = (uint64_t *)(j->base + j->h->copying_off);
-    j->slots = (struct mij_slot *)(j->base + MIJ_OFF_SLOTS);
-    j->ring = (struct mij_rec *)(j->base + MIJ_OFF_RING);
-    j->nchunks = j->h->nchunks;
-    j->covered = j->h->covered;
-    j->words = (j->nchunks + 63) / 64;
-    j->shift = (unsigned)__builtin_ctzll(j->h->granularity);
-    j->rdonly = rdonly;
-    /* Paths are NUL-terminated inside their 4 KiB (a corrupted one is cut, not overrun). */
-    if (!rdonly)
-        for (unsigned i = 0; i < 3; i++)
-            j->base[MIJ_OFF_SRC_PATH + i * MIJ_PATH_MAX + MIJ_PATH_MAX - 1] = '\0';
-    return 0;
-}
-
-void mij_unmap(struct mij *j)
-{
-    if (j->base)
-        munmap(j->base, j->size);
-    j->base = NULL;
-    j->h = NULL;
-}
-
-/* ---------------------------------------------------------------------------------- */
-/* Processes                                                                            */
-
-/* Append v in decimal at p; returns the end. */
-static char *put_dec(char *p, unsigned v)
-{
-    char digits[12];
-    int n = 0;
-    do
-        digits[n++] = (char)('0' + v % 10);
-    while ((v /= 10) && n < 11);
-    while (n)
-        *p++ = digits[--n];
-    return p;
-}
-
-/* Parse a /proc stat file: state (field 3), num_threads (20, when threads is not NULL) and
- * starttime (22).  Async-signal-safe enough for a fork child: no stdio, no allocation. */
-static int read_stat(const char *path, char *state, uint64_t *start_ticks, unsigned *threads)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
-    char buf[1024];
-    ssize_t got = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (got <= 0)
-        return -EIO;
-    buf[got] = '\0';
-    char *p = strrchr(buf, ')'); /* the command name may hold anything */
-    if (!p || p[1] != ' ')
-        return -EIO;
-    p += 2;
-    *state = *p;
-    for (int f = 3; f < 22; f++) {
-        p = strchr(p, ' ');
-        if (!p)
-            return -EIO;
-        p++;
-        if (f + 1 == 20 && threads) {
-            unsigned t = 0;
-            while (*p >= '0' && *p <= '9')
-                t = t * 10 + (unsigned)(*p++ - '0');
-            *threads = t;
-        }
-    }
-    uint64_t t = 0;
-    while (*p >= '0' && *p <= '9')
-        t = t * 10 + (uint64_t)(*p++ - '0');
-    *start_ticks = t;
-    return 0;
-}
-
-int mij_proc_stat(int pid, char *state, uint64_t *start_ticks, unsigned *threads)
-{
-    char path[32] = "/proc/";
-    memcpy(put_dec(path + 6, (unsigned)pid), "/stat", 6);
-    return read_stat(path, state, start_ticks, threads);
-}
-
-int mij_dir_numbers(int dfd, bool (*fn)(unsigned long n, void *ctx), void *ctx)
-{
-    char buf[4096] __attribute__((aligned(8)));
-    for (;;) {
-        long n = syscall(SYS_getdents64, dfd, buf, sizeof buf);
-        if (n <= 0)
-            return n < 0 ? -1 : 0;
-        for (long at = 0; at < n;) {
-            /* struct linux_dirent64: ino (8), off (8), reclen (2), type (1), name */
-            unsigned short reclen;
-            memcpy(&reclen, buf + at + 16, sizeof reclen);
-            const char *name = buf + at + 19;
-            at += reclen;
-            if (name[0] < '0' || name[0] > '9')
-                continue;
-            unsigned long v = 0;
-            for (const char *c = name; *c >= '0' && *c <= '9'; c++)
-                v = v * 10 + (unsigned long)(*c - '0');
-            if (fn(v, ctx))
-                return 1;
-        }
-    }
-}
-
-struct task_scan {
-    const char *dir; /* /proc/PID/task */
-};
-
-/* A thread that is not a zombie (or whose state cannot be read): stop. */
-static bool task_runs(unsigned long tid, void *arg)
-{
-    const struct task_scan *ts = arg;
-    char path[64]; /* /proc/PID/task/TID/stat */
-    size_t dl = strlen(ts->dir);
-    memcpy(path, ts->dir, dl);
-    path[dl] = '/';
-    memcpy(put_dec(path + dl + 1, (unsigned)tid), "/stat", 6);
-    char st;
-    uint64_t t;
-    int r = read_stat(path, &st, &t, NULL);
-    if (r == -ENOENT || r == -ESRCH)
-        return false; /* gone meanwhile */
-    return r < 0 || (st != 'Z' && st != 'X' && st != 'x');
-}
-
-/* Is any thread of pid other than a zombie?  Threads that ended under a tracer stay
- * zombies (and counted in num_threads) until it waits for them: they write nothing.
- * When it cannot tell: true. */
-static bool some_thread_runs(int pid)
-{
-    char dir[32] = "/proc/";
-    memcpy(put_dec(dir + 6, (unsigned)pid), "/task", 6);
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return errno != ENOENT && errno != ESRCH;
-    struct task_scan ts = {dir};
-    int r = mij_dir_numbers(fd, task_runs, &ts);
-    close(fd);
-    return r != 0;
-}
-
-/* The state shown for a pid is its main thread's.  A main thread that ended (pthread_exit,
- * or the first of a process's threads to go under SIGKILL) is a zombie while its other
- * threads still run, and one of them may be inside a write: such a process is dead only
- * when none of its threads is anything but a zombie. */
-bool mij_pid_alive(int pid, uint64_t start_ticks)
-{
-    if (pid <= 0)
-        return pid == -1;
-    char state;
-    uint64_t t;
-    unsigned threads = 0;
-    int r = mij_proc_stat(pid, &state, &t, &threads);
-    if (r == -ENOENT || r == -ESRCH)
-        return false;
-    if (r < 0) /* no /proc: fall back to kill(0) (zombies look alive) */
-        return !(kill(pid, 0) < 0 && errno == ESRCH);
-    if (start_ticks && t != start_ticks)
-        return false; /* the pid was reused */
-    if (state == 'X' || state == 'x')
-        return false;
-    if (state != 'Z')
-        return true;
-    return threads > 1 && some_thread_runs(pid);
-}
-
-static void slot_init(struct mij *j, struct mij_slot *s, uint64_t start, bool reset_inflight)
-{
-    if (reset_inflight) { /* only when no thread of the previous owner can still run */
-        MIJ_STORE(&s->inflight, 0);
-        for (unsigned i = 0; i < MIJ_TMARKS; i++)
-            MIJ_STORE(&s->tmark[i], 0);
-    }
-    MIJ_STORE(&s->waiting, 0);
-    MIJ_STORE(&s->tracked, 0);
-    MIJ_STORE(&s->nmaps, 0);
-    MIJ_STORE(&s->pivot_err, 0);
-    MIJ_STORE(&s->pivot_ack, MIJ_LOAD(&j->h->pivot_gen));
-    MIJ_STORE(&s->lapsed_qseq, 0);
-    MIJ_STORE(&s->start_ticks, start);
-    MIJ_STORE(&s->reg_ns, mij_clock(CLOCK_REALTIME));
-    MIJ_STORE(&s->last_ns, 0);
-    MIJ_STORE(&s->bytes_base, MIJ_LOAD(&s->bytes));
-    MIJ_STORE(&s->writes_base, MIJ_LOAD(&s->writes));
-}
-
-/* Threads of the slot's owner inside a tracked call: the shared count plus the per-thread
- * markers (mij_w_begin).  seq_cst loads: the follower's side of the Dekker handshake. */
-static unsigned slot_inflight(struct mij_slot *s)
-{
-    unsigned n = MIJ_LOAD(&s->inflight);
-    for (unsigned i = 0; i < MIJ_TMARKS; i++)
-        n += MIJ_LOAD(&s->tmark[i]);
-    return n;
-}
-
-/* The pivot generation the registering process's descriptors are at: those it inherited
- * come from the image it exec'd from (its own pid's slot) or from its parent (fork, vfork,
- * posix_spawn), and were switched as far as that one switched them; a process nobody
- * journaled before starts at the current generation. */
-static uint64_t inherited_ack(struct mij *j, struct mij_slot *own)
-{
-    if (own)
-        return MIJ_LOAD(&own->pivot_ack);
-    int ppid = getppid();
-    for (unsigned i = 1; i < MIJ_NSLOTS; i++)
-        if (MIJ_LOAD(&j->slots[i].pid) == ppid)
-            return MIJ_LOAD(&j->slots[i].pivot_ack);
-    return MIJ_LOAD(&j->h->pivot_gen);
-}
-
-struct mij_slot *mij_register(struct mij *j, int pid, uint64_t *ack)
-{
-    char state;
-    uint64_t start = 0;
-    mij_proc_stat(pid, &state, &start, NULL);
-    /* Our own pid: the slot of the image we exec'd from.  Its threads are gone; one that
-     * was inside a write when the exec killed it left its marker raised, and what it
-     * wrote is unknown (execve keeps the start time: the marker is the only witness). */
-    for (unsigned i = 1; i < MIJ_NSLOTS; i++)
-        if (MIJ_LOAD(&j->slots[i].pid) == pid) {
-            struct mij_slot *s = &j->slots[i];
-            if (slot_inflight(s))
-                mij_untrust(j, MIJ_U_WRITER_DIED, pid);
-            *ack = inherited_ack(j, s);
-            slot_init(j, s, start, true);
-            return s;
-        }
-    *ack = inherited_ack(j, NULL);
-    for (unsigned i = 1; i < MIJ_NSLOTS; i++) {
-        int32_t zero = 0;
-        if (!MIJ_LOADR(&j->slots[i].pid) &&
-            __atomic_compare_exchange_n(&j->slots[i].pid, &zero, pid, false, __ATOMIC_SEQ_CST,
-                                        __ATOMIC_SEQ_CST)) {
-            slot_init(j, &j->slots[i], start, true);
-            return &j->slots[i];
-        }
-    }
-    /* Full: reclaim the slot of a process that is gone. */
-    for (unsigned i = 1; i < MIJ_NSLOTS; i++) {
-        int32_t p = MIJ_LOAD(&j->slots[i].pid);
-        if (p > 0 && !mij_pid_alive(p, MIJ_LOAD(&j->slots[i].start_ticks)) &&
-            __atomic_compare_exchange_n(&j->slots[i].pid, &p, pid, false, __ATOMIC_SEQ_CST,
-                                        __ATOMIC_SEQ_CST)) {
-            if (slot_inflight(&j->slots[i]))
-                mij_untrust(j, MIJ_U_WRITER_DIED, p);
-            slot_init(j, &j->slots[i], start, true);
-            return &j->slots[i];
-        }
-    }
-    return &j->slots[0];
-}
-
-/* ---------------------------------------------------------------------------------- */
-/* Writer: held by a quiesce                                                            */
-
-int mij_w_hold(struct mij *j, struct mij_slot *s, void (*on_wake)(void))
-{
-    struct mij_header *h = j->h;
-    int expired = 0, e = errno; /* the shim's callers count on it */
-    __atomic_fetch_add(&s->waiting, 1, __ATOMIC_SEQ_CST);
-    for (;;) {
-        if (on_wake)
-            on_wake();
-        if (!MIJ_LOAD(&h->quiesce))
-            break;
-        uint64_t exp = MIJ_LOAD(&h->lease_expiry_ns), now = mij_clock(CLOCK_MONOTONIC);
-        if (!mij_lease_fresh(h, now)) {
-            /* Let go on a lapsed lease: a pivot asked for during this quiesce must not
-             * move this process, whose writes from now on reach the source unheld. */
-            MIJ_STORE(&s->lapsed_qseq, MIJ_LOAD(&h->quiesce_seq));
-            expired = 1;
-            break;
-        }
-        uint64_t d = exp - now;
-        if (d > 50000000)
-            d = 50000000; /* re-check now and then: a lease can be shortened */
-        struct timespec ts = {(time_t)(d / 1000000000), (long)(d % 1000000000)};
-        /* Shared futex on the journal page: woken by mij_quiesce_end. */
-        syscall(SYS_futex, &h->quiesce, FUTEX_WAIT, 1, &ts, NULL, 0);
-    }
-    __atomic_fetch_sub(&s->waiting, 1, __ATOMIC_SEQ_CST);
-    errno = e;
-    return expired;
-}
-
-/* Built into the shim too: its SIGBUS handler passes on what it does not own. */
-void mij_sigbus_pass(int sig, siginfo_t *si, void *uc, const struct sigaction *old)
-{
-    if ((old->sa_flags & SA_SIGINFO) && old->sa_sigaction) {
-        old->sa_sigaction(sig, si, uc);
-        return;
-    }
-    if (old->sa_handler != SIG_DFL && old->sa_handler != SIG_IGN) {
-        old->sa_handler(sig);
-        return;
-    }
-    /* Default action: uninstall the handler; a fault happens again on return and kills as
-     * it would have; a sent signal is raised again. */
-    struct sigaction dfl;
-    memset(&dfl, 0, sizeof dfl);
-    dfl.sa_handler = SIG_DFL;
-    sigaction(SIGBUS, &dfl, NULL);
-    if (si->si_code <= 0)
-        raise(SIGBUS);
-}
-
-#ifndef MI_SHIM
 /* ================================================================================== */
 /* Follower side                                                                        */
 
@@ -522,15 +95,15 @@ static int open_fd(const char *jpath, unsigned flags, struct mij **out)
     if (fd < 0) {
         int e = errno;
         if (e == ENOENT)
-            return jerr(e, "%s: no such journal", jpath);
+            return mi_seterr(e, "%s: no such journal", jpath);
         if (e == ELOOP)
-            return jerr(e, "%s: is a symbolic link: refusing it (name the journal itself)", jpath);
-        return jerr(e, "%s: cannot open the journal: %s", jpath, strerror(e));
+            return mi_seterr(e, "%s: is a symbolic link: refusing it (name the journal itself)", jpath);
+        return mi_seterr(e, "%s: cannot open the journal: %s", jpath, strerror(e));
     }
     struct mij *j = calloc(1, sizeof *j);
     if (!j) {
         close(fd);
-        return jerr(ENOMEM, "%s: out of memory", jpath);
+        return mi_seterr(ENOMEM, "%s: out of memory", jpath);
     }
     int r = mij_map(j, fd, jpath, flags & MIJ_RDONLY);
     if (r < 0) {
@@ -568,7 +141,7 @@ int mij_check_source(struct mij *j, const struct stat *st, const char *path)
 {
     if (mij_is_source(j->h, st))
         return 0;
-    return jerr(ESTALE, "%s: journal is for %s (device %llu, inode %llu), not %s", j->path,
+    return mi_seterr(ESTALE, "%s: journal is for %s (device %llu, inode %llu), not %s", j->path,
                 mij_source_path(j), (unsigned long long)j->h->src_dev,
                 (unsigned long long)j->h->src_ino, path);
 }
@@ -577,9 +150,9 @@ int mij_check_alive(struct mij *j)
 {
     struct stat st;
     if (fstat(j->fd, &st) < 0)
-        return jerr(errno, "%s: %s", j->path, strerror(errno));
+        return mi_seterr(errno, "%s: %s", j->path, strerror(errno));
     if ((uint64_t)st.st_size != j->size)
-        return jerr(EIO, "%s: the journal was truncated or replaced under us (%llu bytes, "
+        return mi_seterr(EIO, "%s: the journal was truncated or replaced under us (%llu bytes, "
                     "expected %llu)", j->path, (unsigned long long)st.st_size,
                     (unsigned long long)j->size);
     return 0;
@@ -653,13 +226,13 @@ static int create_new(const char *jpath, int sfd, const struct stat *st, uint64_
                       const char *srcpath, uint64_t gran, uint64_t covered, struct mij **out)
 {
     uint64_t nchunks = covered / gran;
-    uint64_t bb = bitmap_bytes_for(nchunks);
+    uint64_t bb = mij_bitmap_bytes(nchunks);
     uint64_t fsize = MIJ_HEADER_SIZE + 2 * bb;
     (void)sfd;
     size_t l = strlen(jpath);
     char *tmp = malloc(l + 16);
     if (!tmp)
-        return jerr(ENOMEM, "%s: out of memory", jpath);
+        return mi_seterr(ENOMEM, "%s: out of memory", jpath);
     const char *slash = strrchr(jpath, '/');
     size_t dl = slash ? (size_t)(slash - jpath) + 1 : 0;
     memcpy(tmp, jpath, dl);
@@ -668,21 +241,21 @@ static int create_new(const char *jpath, int sfd, const struct stat *st, uint64_
     if (fd < 0) {
         int e = errno;
         free(tmp);
-        return jerr(e, "%s: cannot create the journal: %s", jpath, strerror(e));
+        return mi_seterr(e, "%s: cannot create the journal: %s", jpath, strerror(e));
     }
     int r;
     if (fchmod(fd, 0600) < 0 || ftruncate(fd, (off_t)fsize) < 0) {
-        r = jerr(errno, "%s: cannot create the journal: %s", jpath, strerror(errno));
+        r = mi_seterr(errno, "%s: cannot create the journal: %s", jpath, strerror(errno));
         goto fail;
     }
     struct mij *j = calloc(1, sizeof *j);
     if (!j) {
-        r = jerr(ENOMEM, "%s: out of memory", jpath);
+        r = mi_seterr(ENOMEM, "%s: out of memory", jpath);
         goto fail;
     }
     void *p = mmap(NULL, fsize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (p == MAP_FAILED) {
-        r = jerr(errno, "%s: cannot map the journal: %s", jpath, strerror(errno));
+        r = mi_seterr(errno, "%s: cannot map the journal: %s", jpath, strerror(errno));
         free(j);
         goto fail;
     }
@@ -692,7 +265,7 @@ static int create_new(const char *jpath, int sfd, const struct stat *st, uint64_
     munmap(p, fsize);
     free(j);
     if (fsync(fd) < 0) {
-        r = jerr(errno, "%s: cannot write the journal: %s", jpath, strerror(errno));
+        r = mi_seterr(errno, "%s: cannot write the journal: %s", jpath, strerror(errno));
         goto fail;
     }
     r = publish(tmp, jpath);
@@ -701,7 +274,7 @@ static int create_new(const char *jpath, int sfd, const struct stat *st, uint64_
         free(tmp);
         if (r == -EEXIST)
             return r;
-        return jerr(-r, "%s: cannot create the journal: %s", jpath, strerror(-r));
+        return mi_seterr(-r, "%s: cannot create the journal: %s", jpath, strerror(-r));
     }
     free(tmp);
     close(fd);
@@ -723,21 +296,21 @@ int mij_create(const char *jpath, const char *src, const struct mij_create_opts 
         *created = false;
     int sfd = open(src, O_RDONLY | O_CLOEXEC);
     if (sfd < 0)
-        return jerr(errno, "%s: %s", src, strerror(errno));
+        return mi_seterr(errno, "%s: %s", src, strerror(errno));
     struct stat st;
     uint64_t size = 0;
     int r;
     if (fstat(sfd, &st) < 0 || (r = source_size(sfd, &st, &size)) < 0) {
-        r = jerr(errno, "%s: %s", src, strerror(errno));
+        r = mi_seterr(errno, "%s: %s", src, strerror(errno));
         goto out;
     }
     if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
-        r = jerr(EINVAL, "%s: not a regular file or block device", src);
+        r = mi_seterr(EINVAL, "%s: not a regular file or block device", src);
         goto out;
     }
     uint64_t gran = o->granularity ? o->granularity : MIJ_DEFAULT_GRANULARITY;
     if (gran < MIJ_MIN_GRANULARITY || gran > MIJ_MAX_GRANULARITY || (gran & (gran - 1))) {
-        r = jerr(EINVAL, "%s: granularity must be a power of two from 512 to 1G", jpath);
+        r = mi_seterr(EINVAL, "%s: granularity must be a power of two from 512 to 1G", jpath);
         goto out;
     }
     for (int attempt = 0; attempt < 3; attempt++) {
@@ -746,7 +319,7 @@ int mij_create(const char *jpath, const char *src, const struct mij_create_opts 
         if (r == 0) {
             r = mij_check_source(j, &st, src);
             if (r == 0 && o->granularity_set && mij_granularity(j) != gran)
-                r = jerr(EINVAL, "%s: journal has granularity %llu, not %llu (remove it to "
+                r = mi_seterr(EINVAL, "%s: journal has granularity %llu, not %llu (remove it to "
                          "start a new one)", jpath, (unsigned long long)mij_granularity(j),
                          (unsigned long long)gran);
             if (r < 0) {
@@ -762,13 +335,13 @@ int mij_create(const char *jpath, const char *src, const struct mij_create_opts 
         if (!covered)
             covered = size > MIJ_MIN_COVERED / 4 ? size * 4 : MIJ_MIN_COVERED;
         if (covered < size) {
-            r = jerr(EINVAL, "%s: maximum size %llu is smaller than the source (%llu bytes)",
+            r = mi_seterr(EINVAL, "%s: maximum size %llu is smaller than the source (%llu bytes)",
                      jpath, (unsigned long long)covered, (unsigned long long)size);
             goto out;
         }
         covered = (covered + gran - 1) / gran * gran;
         if (covered / gran > MIJ_MAX_CHUNKS) {
-            r = jerr(EINVAL, "%s: %llu chunks of %llu bytes are too many: use a larger "
+            r = mi_seterr(EINVAL, "%s: %llu chunks of %llu bytes are too many: use a larger "
                      "granularity", jpath, (unsigned long long)(covered / gran),
                      (unsigned long long)gran);
             goto out;
@@ -781,7 +354,7 @@ int mij_create(const char *jpath, const char *src, const struct mij_create_opts 
         if (r != -EEXIST)
             goto out;
     }
-    r = jerr(EEXIST, "%s: journal keeps changing under us", jpath);
+    r = mi_seterr(EEXIST, "%s: journal keeps changing under us", jpath);
 out:
     close(sfd);
     return r;
@@ -793,13 +366,13 @@ out:
 int mij_follow(struct mij *j, uint64_t lease_ns)
 {
     if (j->rdonly)
-        return jerr(EBADF, "%s: journal opened read-only", j->path);
+        return mi_seterr(EBADF, "%s: journal opened read-only", j->path);
     if (flock(j->fd, LOCK_EX | LOCK_NB) < 0) {
         int e = errno;
         if (e == EWOULDBLOCK)
-            return jerr(EBUSY, "%s: another follower (pid %d) is using this journal", j->path,
+            return mi_seterr(EBUSY, "%s: another follower (pid %d) is using this journal", j->path,
                         (int)MIJ_LOAD(&j->h->follower_pid));
-        return jerr(e, "%s: cannot lock the journal: %s", j->path, strerror(e));
+        return mi_seterr(e, "%s: cannot lock the journal: %s", j->path, strerror(e));
     }
     j->following = true;
     j->lease_ns = lease_ns ? lease_ns : 2000000000ull;
@@ -841,7 +414,7 @@ int mij_lease_renew(struct mij *j)
     MIJ_STORE(&j->h->lease_expiry_ns, now + j->lease_ns);
     j->lease_last = now + j->lease_ns;
     if (r < 0)
-        jerr(ETIME, "%s: the follower's lease ran out before it was renewed", j->path);
+        mi_seterr(ETIME, "%s: the follower's lease ran out before it was renewed", j->path);
     return r;
 }
 
@@ -1034,7 +607,7 @@ int mij_quiesce_begin(struct mij *j, uint64_t timeout_ns, struct mij_quiesce_inf
         qi = &dummy;
     memset(qi, 0, sizeof *qi);
     if (!j->following)
-        return jerr(EPERM, "%s: quiesce needs the follower's lock", j->path);
+        return mi_seterr(EPERM, "%s: quiesce needs the follower's lock", j->path);
     mij_lease_renew(j);
     j->lapsed = false;
     uint64_t t0 = mij_clock(CLOCK_MONOTONIC);
@@ -1048,7 +621,7 @@ int mij_quiesce_begin(struct mij *j, uint64_t timeout_ns, struct mij_quiesce_inf
         for (unsigned i = 0; i < MIJ_NSLOTS; i++) {
             struct mij_slot *s = &j->slots[i];
             int pid = MIJ_LOAD(&s->pid);
-            if (!pid || !slot_inflight(s) || seen_dead[i])
+            if (!pid || !mij_slot_inflight(s) || seen_dead[i])
                 continue;
             if (!mij_pid_alive(pid, MIJ_LOAD(&s->start_ticks))) {
                 /* killed inside a write: what it wrote is unknown */
@@ -1065,7 +638,7 @@ int mij_quiesce_begin(struct mij *j, uint64_t timeout_ns, struct mij_quiesce_inf
         uint64_t now = mij_clock(CLOCK_MONOTONIC);
         if (now - t0 > timeout_ns) {
             mij_quiesce_end(j);
-            return jerr(ETIMEDOUT, "%s: %u writer%s still inside a write after %llu ms "
+            return mi_seterr(ETIMEDOUT, "%s: %u writer%s still inside a write after %llu ms "
                         "(pid %d)", j->path, busy, busy == 1 ? "" : "s",
                         (unsigned long long)((now - t0) / 1000000), busy_pid);
         }
@@ -1090,6 +663,7 @@ int mij_quiesce_begin(struct mij *j, uint64_t timeout_ns, struct mij_quiesce_inf
             MIJ_STORE(&s->nmaps, 0);
         else
             qi->maps += nm;
+        qi->marked += nm;
         if (nm > MIJ_SLOT_MAPS) {
             mij_mark_range(j, 0, j->covered);
             continue;
@@ -1110,38 +684,40 @@ void mij_quiesce_end(struct mij *j)
 int mij_pivot_request(struct mij *j, const char *target)
 {
     if (!j->following)
-        return jerr(EPERM, "%s: pivot needs the follower's lock", j->path);
+        return mi_seterr(EPERM, "%s: pivot needs the follower's lock", j->path);
     for (unsigned i = 0; i < MIJ_NSLOTS; i++) {
         struct mij_slot *s = &j->slots[i];
         int pid = MIJ_LOAD(&s->pid);
         if (pid && MIJ_LOAD(&s->nmaps) && mij_pid_alive(pid, MIJ_LOAD(&s->start_ticks)))
-            return jerr(EBUSY, "%s: writer pid %d has a writable shared mapping of the source: "
+            return mi_seterr(EBUSY, "%s: writer pid %d has a writable shared mapping of the source: "
                         "cannot pivot", j->path, pid);
     }
     char *abs = realpath(target, NULL);
     if (!abs)
-        return jerr(errno, "%s: %s", target, strerror(errno));
+        return mi_seterr(errno, "%s: %s", target, strerror(errno));
     struct stat st;
     if (stat(abs, &st) < 0 || !(S_ISREG(st.st_mode) || S_ISBLK(st.st_mode))) {
         free(abs);
-        return jerr(EINVAL, "%s: pivot target must be a local file or block device", target);
+        return mi_seterr(EINVAL, "%s: pivot target must be a local file or block device", target);
     }
     if (strlen(abs) >= MIJ_PATH_MAX) {
         free(abs);
-        return jerr(ENAMETOOLONG, "%s: path too long", target);
+        return mi_seterr(ENAMETOOLONG, "%s: path too long", target);
     }
     /* Writers act on a request of the lease holder during the quiesce in force (see
      * mij_pivot_valid): renew now, and refuse if the lease ran out since the quiesce
      * began, when writers may have written the source unheld after the drain. */
     if (!MIJ_LOAD(&j->h->quiesce) || (mij_lease_renew(j), j->lapsed)) {
         free(abs);
-        return jerr(ETIME, "%s: the follower's lease ran out during the quiesce (was it stopped "
+        return mi_seterr(ETIME, "%s: the follower's lease ran out during the quiesce (was it stopped "
                     "or starved?): the writers went on, so they stay on the source", j->path);
     }
     char *dst = (char *)j->base + MIJ_OFF_PIVOT_PATH;
     memset(dst, 0, MIJ_PATH_MAX);
     memcpy(dst, abs, strlen(abs));
     free(abs);
+    MIJ_STORE(&j->h->pivot_dev, (uint64_t)st.st_dev);
+    MIJ_STORE(&j->h->pivot_ino, (uint64_t)st.st_ino);
     MIJ_STORE(&j->h->pivot_pid, (int32_t)getpid());
     MIJ_STORE(&j->h->pivot_qseq, MIJ_LOAD(&j->h->quiesce_seq));
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
@@ -1156,7 +732,7 @@ int mij_pivot_finish(struct mij *j)
 {
     mij_lease_renew(j);
     if (j->lapsed)
-        return jerr(ETIME, "%s: the follower's lease ran out during the pivot: writers that were "
+        return mi_seterr(ETIME, "%s: the follower's lease ran out during the pivot: writers that were "
                     "let go stay on the source", j->path);
     MIJ_STORE(&j->h->pivot_done, MIJ_LOAD(&j->h->pivot_gen));
     return 0;
@@ -1187,7 +763,7 @@ int mij_pivot_wait(struct mij *j, uint64_t timeout_ns, struct mij_pivot_info *pi
                     pi->switched++;
                 }
             } else if (!MIJ_LOAD(&s->tracked) ||
-                       (!slot_inflight(s) && !MIJ_LOAD(&s->waiting))) {
+                       (!mij_slot_inflight(s) && !MIJ_LOAD(&s->waiting))) {
                 pi->idle++;
             } else {
                 pending++;
@@ -1196,7 +772,7 @@ int mij_pivot_wait(struct mij *j, uint64_t timeout_ns, struct mij_pivot_info *pi
         if (!pending)
             return 0;
         if (mij_clock(CLOCK_MONOTONIC) - t0 > timeout_ns)
-            return jerr(ETIMEDOUT, "%s: %u writer%s did not switch to the target", j->path,
+            return mi_seterr(ETIMEDOUT, "%s: %u writer%s did not switch to the target", j->path,
                         pending, pending == 1 ? "" : "s");
         if (j->following)
             lease_keep(j);
@@ -1220,11 +796,14 @@ struct foreign_scan {
     char path[64];
 };
 
+/* A live registered writer, whose shim tracks it: not one that exec'd with the source open
+ * and whose new image has not registered (yet: a static program never will). */
 static bool registered_alive(struct mij *j, int pid)
 {
     for (unsigned i = 1; i < MIJ_NSLOTS; i++)
         if (MIJ_LOAD(&j->slots[i].pid) == pid)
-            return mij_pid_alive(pid, MIJ_LOAD(&j->slots[i].start_ticks));
+            return !MIJ_LOAD(&j->slots[i].exec_pending) &&
+                   mij_pid_alive(pid, MIJ_LOAD(&j->slots[i].start_ticks));
     return false;
 }
 
@@ -1341,7 +920,7 @@ int mij_writers(struct mij *j, struct mij_writer *w, int max)
             int pid = MIJ_LOAD(&s->pid);
             if (!pid)
                 continue;
-            if (pid == -1 && !MIJ_LOAD(&s->writes) && !slot_inflight(s))
+            if (pid == -1 && !MIJ_LOAD(&s->writes) && !mij_slot_inflight(s))
                 continue;
             bool alive = mij_pid_alive(pid, MIJ_LOAD(&s->start_ticks));
             if (alive != (pass == 0))
@@ -1349,7 +928,7 @@ int mij_writers(struct mij *j, struct mij_writer *w, int max)
             struct mij_writer *x = &w[n++];
             x->pid = pid;
             x->alive = alive;
-            x->inflight = slot_inflight(s);
+            x->inflight = mij_slot_inflight(s);
             x->waiting = MIJ_LOAD(&s->waiting);
             x->tracked = MIJ_LOAD(&s->tracked);
             x->nmaps = MIJ_LOAD(&s->nmaps);
@@ -1442,7 +1021,7 @@ static bool writers_quiet(struct mij *j)
     for (unsigned i = 0; i < MIJ_NSLOTS; i++) {
         struct mij_slot *s = &j->slots[i];
         int pid = MIJ_LOAD(&s->pid);
-        if (!pid || !slot_inflight(s))
+        if (!pid || !mij_slot_inflight(s))
             continue;
         if (mij_pid_alive(pid, MIJ_LOAD(&s->start_ticks)))
             return false;
@@ -1455,7 +1034,7 @@ int mij_source_check(struct mij *j, int src_fd)
 {
     struct stat st;
     if (fstat(src_fd, &st) < 0)
-        return jerr(errno, "%s: %s", mij_source_path(j), strerror(errno));
+        return mi_seterr(errno, "%s: %s", mij_source_path(j), strerror(errno));
     int r = mij_check_source(j, &st, mij_source_path(j));
     if (r < 0)
         return r;
@@ -1479,7 +1058,7 @@ int mij_source_observe(struct mij *j, int src_fd)
         return 0;
     struct stat st;
     if (fstat(src_fd, &st) < 0)
-        return jerr(errno, "%s: %s", mij_source_path(j), strerror(errno));
+        return mi_seterr(errno, "%s: %s", mij_source_path(j), strerror(errno));
     if (MIJ_LOAD(&j->h->ring_head) != h0)
         return 0;
     uint64_t size = 0;
@@ -1542,7 +1121,7 @@ int mij_ring_read(struct mij *j, struct mij_rec *out, int max)
 {
     struct mij_rec *all = malloc(sizeof *all * MIJ_NRING);
     if (!all)
-        return jerr(ENOMEM, "%s: out of memory", j->path);
+        return mi_seterr(ENOMEM, "%s: out of memory", j->path);
     int n = 0;
     for (unsigned i = 0; i < MIJ_NRING; i++) {
         struct mij_rec *r = &j->ring[i];
@@ -1573,12 +1152,12 @@ int mij_ring_read(struct mij *j, struct mij_rec *out, int max)
 int mij_reset(struct mij *j)
 {
     if (j->rdonly)
-        return jerr(EBADF, "%s: journal opened read-only", j->path);
+        return mi_seterr(EBADF, "%s: journal opened read-only", j->path);
     if (!j->following && flock(j->fd, LOCK_EX | LOCK_NB) < 0) {
         if (errno == EWOULDBLOCK)
-            return jerr(EBUSY, "%s: another follower (pid %d) is using this journal", j->path,
+            return mi_seterr(EBUSY, "%s: another follower (pid %d) is using this journal", j->path,
                         (int)MIJ_LOAD(&j->h->follower_pid));
-        return jerr(errno, "%s: cannot lock the journal: %s", j->path, strerror(errno));
+        return mi_seterr(errno, "%s: cannot lock the journal: %s", j->path, strerror(errno));
     }
     for (uint64_t w = 0; w < j->words; w++) {
         MIJ_STORE(&j->copying[w], 0);
@@ -1596,4 +1175,3 @@ int mij_reset(struct mij *j)
         flock(j->fd, LOCK_UN);
     return 0;
 }
-#endif /* !MI_SHIM */
