@@ -3,8 +3,9 @@
 # Build: gcc make pkg-config libqcow-dev zlib1g-dev libzstd-dev libnbd-dev.
 # Tests: bats bats-support bats-assert qemu-utils nbdkit libnbd-bin fio python3 groff,
 # zsh and fish (completions), clang and its runtime (fuzzing), valgrind, gnuplot and
-# hyperfine (make bench), openssl (TLS) and strace; mount, e2fsprogs, xfsprogs and btrfs-progs (the file-system
-# matrix of tests/run.sh and tests/soak.sh: loop devices with ext4, XFS and btrfs).
+# hyperfine (make bench), openssl (TLS tests) and strace; mount (losetup), e2fsprogs,
+# xfsprogs and btrfs-progs for the file systems that tests/run.sh and tests/soak.sh make
+# on loop devices.
 set -e
 pkgs="gcc make pkg-config libqcow-dev zlib1g-dev libzstd-dev libnbd-dev
       bats bats-support bats-assert qemu-utils nbdkit libnbd-bin fio python3 groff-base

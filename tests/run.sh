@@ -54,7 +54,7 @@ run_suites() {
     f=$(grep -cE '^not ok [0-9]+' "$log")
     passed=$((passed + p - s)) failed=$((failed + f)) skipped=$((skipped + s))
     echo "== $label: $((p - s)) passed, $f failed, $s skipped in $((SECONDS - t0)) s"
-    grep -E '^not ok [0-9]+' "$log" | sed "s/^/$label: /" >> "$failures"
+    awk -v label="$label" '/^not ok [0-9]+/ { print label ": " $0 }' "$log" >> "$failures"
 }
 
 # matrix_row FS: the matrix suites with TMPDIR on a fresh FS; every test is counted as

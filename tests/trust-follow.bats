@@ -364,7 +364,9 @@ pivot_idle() {
     cp "$SRC" "$REF"
     local real
     real=$(realpath "$T")
-    FOLLOW_ENV=(LD_PRELOAD="$SHORTIO_SO" SHORTIO_PATHS="$real/dst.raw" SHORTIO_RATE=0
+    # (an ASan build of follow wants its runtime first: it is, through the binary itself)
+    FOLLOW_ENV=(ASAN_OPTIONS="${ASAN_OPTIONS:-}:verify_asan_link_order=0"
+        LD_PRELOAD="$SHORTIO_SO" SHORTIO_PATHS="$real/dst.raw" SHORTIO_RATE=0
         SHORTIO_FSYNC_DELAY_MS=600 SHORTIO_FSYNC_DELAY_IF="$T/slow"
         SHORTIO_FSYNC_MARK="$T/fsyncs" SHORTIO_REPORT="$T/shortio.report")
     start_follow --lease 300ms
