@@ -66,3 +66,15 @@ wait_for() {
     for i in $(seq 100); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
     return 1
 }
+
+# The live mirror's suites (trust-*): J the journal, SRC the image its writers write.
+# under CMD...: run a writer under the shim, journaling $SRC.
+under() { "$MI" run --journal "$J" "$SRC" -- "$@"; }
+
+# under_bg CMD...: the same in the background (the pid of `run` in WRITER, killed at the
+# end of the test: run passes the signal on to CMD; fd 3, bats' own, is not inherited).
+under_bg() {
+    "$MI" run --journal "$J" "$SRC" -- "$@" 3>&- &
+    WRITER=$!
+    on_exit "kill $WRITER"
+}

@@ -54,16 +54,6 @@ start_follow() {
     wait_for grep -q BLOCK_JOB_READY "$T/events" || { cat "$T/follow.err"; fail "follow never got ready"; }
 }
 
-# under CMD...: run a writer under the shim, journaling $SRC.
-under() { "$MI" run --journal "$J" "$SRC" -- "$@"; }
-
-# under_bg CMD...: the same in the background (pid of `run` in WRITER; killed at the end
-# of the test: run passes the signal on to CMD).
-under_bg() {
-    "$MI" run --journal "$J" "$SRC" -- "$@" 3>&- &
-    WRITER=$!
-    on_exit "kill $WRITER"
-}
 
 # release DIR...: at the end of the test, create every file a tfollow writer in DIR may be
 # waiting for, so that it and any child it forked exit (a test that failed half-way leaves

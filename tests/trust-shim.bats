@@ -54,16 +54,6 @@ frozen() {
     return $st
 }
 
-# under CMD...: run a writer under the shim, journaling $SRC.
-under() { "$MI" run --journal "$J" "$SRC" -- "$@"; }
-
-# under_bg CMD...: the same in the background (the pid of `run` in WRITER, killed at the
-# end of the test: run passes the signal on to CMD).
-under_bg() {
-    "$MI" run --journal "$J" "$SRC" -- "$@" 3>&- &
-    WRITER=$!
-    on_exit "kill $WRITER"
-}
 
 # wait_exit PID [SECONDS]: the exit status of a background PID; one that does not exit in
 # time (default 20 s) is killed and counts as 124.
