@@ -265,7 +265,7 @@ int jsync_settle(struct follower *f, bool pivot, uint64_t *downtime_ms)
      * tick (the untrusted bit, its in-flight mark already reaped). */
     uint64_t transient = mij_untrusted(f->j) & MIJ_U_TRANSIENT & ~MIJ_U_BIT(MIJ_U_BYPASS);
     if (qi.died || transient) {
-        r = fail_full_pass(f, transient | MIJ_U_BIT(MIJ_U_WRITER_DIED), qi.died);
+        r = fail_full_pass(f, transient | (qi.died ? MIJ_U_BIT(MIJ_U_WRITER_DIED) : 0), qi.died);
         mij_quiesce_end(f->j);
         return r;
     }
