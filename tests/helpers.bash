@@ -78,3 +78,40 @@ under_bg() {
     WRITER=$!
     on_exit "kill $WRITER"
 }
+
+# wait_exit PID [SECONDS]: the exit status of a background PID; one that does not exit in
+# time (default 20 s) is killed and counts as 124.
+wait_exit() {
+    local pid=$1 deadline=$((SECONDS + ${2:-20}))
+    while kill -0 "$pid" 2>/dev/null; do
+        if [ $SECONDS -ge $deadline ]; then
+            kill -9 "$pid" 2>/dev/null
+            wait "$pid" 2>/dev/null
+            echo "pid $pid did not exit in ${2:-20} s" >&2
+            return 124
+        fi
+        sleep 0.1
+    done
+    wait "$pid"
+}
+
+# same: DST is SRC byte for byte (a block device source reads as its content).
+same() { cmp "$SRC" "$DST"; }
+
+# never_stale: what every complete that exited 0 must give.
+never_stale() {
+    same || fail "complete exited 0 but $DST differs from $SRC: a write was missed and the target is stale"
+}
+
+# expect_tracked: complete exits 0, follow exits 0, DST == SRC.
+expect_tracked() {
+    run "$MI" complete "$J.sock"
+    if [ "$status" -ne 0 ]; then
+        echo "follow's stderr:"; cat "$T/follow.err"
+        fail "complete exited $status where the writes must be tracked: $output"
+    fi
+    local st=0
+    wait_exit "$FOLLOW" || st=$?
+    [ "$st" -eq 0 ] || { cat "$T/follow.err"; fail "follow exited $st after complete"; }
+    never_stale
+}

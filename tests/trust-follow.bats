@@ -65,21 +65,6 @@ release() {
     done
 }
 
-# wait_exit PID [SECONDS]: the exit status of a background PID; one that does not exit in
-# time (default 20 s) is killed and counts as 124.
-wait_exit() {
-    local pid=$1 deadline=$((SECONDS + ${2:-20}))
-    while kill -0 "$pid" 2>/dev/null; do
-        if [ $SECONDS -ge $deadline ]; then
-            kill -9 "$pid" 2>/dev/null
-            wait "$pid" 2>/dev/null
-            echo "pid $pid did not exit in ${2:-20} s" >&2
-            return 124
-        fi
-        sleep 0.1
-    done
-    wait "$pid"
-}
 
 # synced: the follower copied everything the journal marks.
 synced() {
