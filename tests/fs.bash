@@ -104,7 +104,7 @@ fs_remove_all() {
         fs_remove "$fs"
     done
     FS_MADE=()
-    rmdir "$FS_DIR" 2>/dev/null
+    [ -z "${FS_DIR:-}" ] || rmdir "$FS_DIR" 2>/dev/null
     return 0
 }
 

@@ -6,7 +6,8 @@
 #
 # MI_FS: the file systems of the matrix (default "tmpfs ext4 xfs btrfs"; "" for none).
 # MI_FS_LOAD_SECONDS: load.bats's writing time on each of them (default 10: a minute on
-# each would take make check past 20 minutes).  MI_SKIP_ASAN=1 leaves the ASan run out.
+# each would take make check past 20 minutes).  MI_SKIP_ASAN=1 leaves the ASan run out;
+# MI_ASAN_LOAD_SECONDS (default 20) is load.bats's writing time there.
 set -u
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
@@ -85,7 +86,8 @@ if [ ${#matrix[@]} -gt 0 ]; then
     done
 fi
 if [ -x build-asan/mirror-img ] && [ "${MI_SKIP_ASAN:-0}" != 1 ]; then
-    run_suites build-asan "ASan/UBSan build" "" -- "${suites[@]}"
+    # (a shorter load phase: the normal build has already written for a minute)
+    run_suites build-asan "ASan/UBSan build" "" LOAD_SECONDS="${MI_ASAN_LOAD_SECONDS:-20}" -- "${suites[@]}"
 fi
 if [ -s "$failures" ]; then
     echo "== failed:"
