@@ -72,22 +72,6 @@ bytes_copied() {
     python3 -c 'import json,sys; print([json.loads(l) for l in open(sys.argv[1]) if "COMPLETED" in l][0]["data"]["bytes_copied"])' "$1"
 }
 
-# wait_exit PID [SECONDS]: wait for a background PID (default 60 s; then kill it, status
-# 124) and return its exit status: a hang fails the test instead of stalling the suite.
-wait_exit() {
-    local pid=$1 deadline=$((SECONDS + ${2:-60}))
-    while kill -0 "$pid" 2>/dev/null; do
-        if [ $SECONDS -ge $deadline ]; then
-            kill -9 "$pid" 2>/dev/null
-            wait "$pid" 2>/dev/null
-            echo "pid $pid did not exit in ${2:-60} s" >&2
-            return 124
-        fi
-        sleep 0.1
-    done
-    wait "$pid"
-}
-
 # start_follow: follow $T/src.raw to $T/dst.raw through $J in the background (its pid in
 # FOLLOW, events in $T/events), killed at the end of the test; returns once it is ready.
 start_follow() {

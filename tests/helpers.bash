@@ -80,14 +80,14 @@ under_bg() {
 }
 
 # wait_exit PID [SECONDS]: the exit status of a background PID; one that does not exit in
-# time (default 20 s) is killed and counts as 124.
+# time (default 60 s) is killed and counts as 124: a hang fails the test, not the suite.
 wait_exit() {
-    local pid=$1 deadline=$((SECONDS + ${2:-20}))
+    local pid=$1 deadline=$((SECONDS + ${2:-60}))
     while kill -0 "$pid" 2>/dev/null; do
         if [ $SECONDS -ge $deadline ]; then
             kill -9 "$pid" 2>/dev/null
             wait "$pid" 2>/dev/null
-            echo "pid $pid did not exit in ${2:-20} s" >&2
+            echo "pid $pid did not exit in ${2:-60} s" >&2
             return 124
         fi
         sleep 0.1
@@ -114,4 +114,15 @@ expect_tracked() {
     wait_exit "$FOLLOW" || st=$?
     [ "$st" -eq 0 ] || { cat "$T/follow.err"; fail "follow exited $st after complete"; }
     never_stale
+}
+
+# frozen CMD...: run CMD while follow is stopped (SIGSTOP; the writers are never held, no
+# quiesce being asked for), then let follow go on.
+frozen() {
+    on_exit "kill -CONT $FOLLOW"
+    kill -STOP "$FOLLOW"
+    local st=0
+    "$@" || st=$?
+    kill -CONT "$FOLLOW"
+    return $st
 }

@@ -54,17 +54,6 @@ start_follow() {
     wait_for grep -q BLOCK_JOB_READY "$T/events" || { cat "$T/follow.err"; fail "follow never got ready"; }
 }
 
-# frozen CMD...: run CMD while follow is stopped (SIGSTOP; no quiesce is asked for, so the
-# writers are never held), then let follow go on.
-frozen() {
-    on_exit "kill -CONT $FOLLOW"
-    kill -STOP "$FOLLOW"
-    local st=0
-    "$@" || st=$?
-    kill -CONT "$FOLLOW"
-    return $st
-}
-
 # release NAME...: at the end of the test, create the files a writer may still wait for.
 release() {
     local n

@@ -43,17 +43,6 @@ start_follow() {
     wait_for grep -q BLOCK_JOB_READY "$T/events" || { cat "$T/follow.err"; fail "follow never got ready"; }
 }
 
-# frozen CMD...: run CMD while follow is stopped (SIGSTOP; the writers are never held, no
-# quiesce being asked for), then let follow go on.
-frozen() {
-    on_exit "kill -CONT $FOLLOW"
-    kill -STOP "$FOLLOW"
-    local st=0
-    "$@" || st=$?
-    kill -CONT "$FOLLOW"
-    return $st
-}
-
 
 
 
