@@ -305,11 +305,8 @@ void mi_error_pause_tick(struct job *job, const struct mi_opts *o)
 {
     static unsigned seen;
     char msg[sizeof job->pause_msg];
-    pthread_mutex_lock(&job->lock);
-    unsigned n = job->error_pauses;
-    bool target = job->pause_on_target;
-    snprintf(msg, sizeof msg, "%s", job->pause_msg);
-    pthread_mutex_unlock(&job->lock);
+    bool target;
+    unsigned n = job_error_pauses(job, &target, msg, sizeof msg);
     if (n == seen)
         return;
     seen = n;
@@ -322,12 +319,4 @@ void mi_error_pause_tick(struct job *job, const struct mi_opts *o)
     else
         cli_error("%s; job paused (--on-%s-error=%s) with no --socket to resume it: "
                   "SIGINT or SIGTERM cancels", msg, side, job_policy_name(policy));
-}
-
-bool mi_same_file(const char *a, const char *b)
-{
-    struct stat sa, sb;
-    if (stat(a, &sa) < 0 || stat(b, &sb) < 0)
-        return false;
-    return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
 }

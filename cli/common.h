@@ -42,14 +42,16 @@ void mi_opts_threads(struct mi_opts *o);
 /* Print the settings in force (-v). */
 void mi_opts_print(const struct mi_opts *o, const struct job *job);
 
+/* follow and copy --incremental: their usage checks (0 or MI_EXIT_USAGE), and the run
+ * of lib/sync with the control socket, signals and messages (returns the exit code). */
+int mi_opts_check_journal(struct mi_opts *o);
+int mi_run_journal(struct mi_opts *o, bool live);
+
 /* Progress bar on stderr when -p and stderr is a terminal; at most 10 updates a second. */
 void mi_progress_tick(struct job *job, void *arg);
 
 /* Say on stderr when the job paused on an error (stop and enospc policies): the error and
  * how to go on.  Call it from the job's tick. */
 void mi_error_pause_tick(struct job *job, const struct mi_opts *o);
-
-/* True when a and b name the same file (device and inode). */
-bool mi_same_file(const char *a, const char *b);
 
 #endif

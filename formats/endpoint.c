@@ -139,3 +139,13 @@ int ep_get_info(struct ep *ep, struct ep_info *info, bool allocation)
     }
     return ep->ops->info ? ep->ops->info(ep, info) : 0;
 }
+
+int ep_resize(struct ep *ep, uint64_t size)
+{
+    if (size == ep->size)
+        return 0;
+    if (!ep->ops->resize || !ep->writable)
+        return mi_seterr(ENOTSUP, "%s: cannot resize the target to %llu bytes (%s)", ep->name,
+                         (unsigned long long)size, ep->writable ? "not supported" : "read-only");
+    return ep->ops->resize(ep, size);
+}

@@ -69,6 +69,11 @@ struct ep_ops {
 
     /* Optional (may be NULL): fill format-specific fields of struct ep_info. */
     int (*info)(struct ep *ep, struct ep_info *info);
+
+    /* Optional (may be NULL): give a writable image the new virtual size (follow: the
+     * source file grew or shrank).  Sets ep.size.  Called with no other call in flight
+     * on the range past the smaller of the two sizes. */
+    int (*resize)(struct ep *ep, uint64_t size);
 };
 
 struct ep {
@@ -139,6 +144,9 @@ int ep_bs_all_data(struct ep *ep, uint64_t off, uint64_t max, unsigned flags,
 int ep_zero_by_write(struct ep *ep, uint64_t off, uint64_t len, unsigned flags);
 int ep_write_readonly(struct ep *ep, const void *buf, uint64_t len, uint64_t off);
 int ep_flush_noop(struct ep *ep);
+
+/* Resize through ops->resize; -ENOTSUP with a message when the backend cannot. */
+int ep_resize(struct ep *ep, uint64_t size);
 
 /* Close helper: NULL-safe. */
 static inline int ep_close(struct ep *ep) { return ep ? ep->ops->close(ep) : 0; }

@@ -227,6 +227,20 @@ static int raw_close(struct ep *ep)
     return ret;
 }
 
+/* A regular file takes the new size (holes past the old end); a device keeps its own. */
+static int raw_resize(struct ep *ep, uint64_t size)
+{
+    struct raw *r = (struct raw *)ep;
+    if (!r->is_reg)
+        return size <= ep->size ? 0 : mi_seterr(ENOSPC, "%s: a device cannot grow to %llu bytes",
+                                               ep->name, (unsigned long long)size);
+    if (ftruncate(r->fd, (off_t)size) < 0)
+        return mi_seterr(errno, "%s: cannot resize to %llu bytes: %s", ep->name,
+                         (unsigned long long)size, strerror(errno));
+    ep->size = size;
+    return 0;
+}
+
 static const struct ep_ops raw_ops = {
     .name = "raw",
     .block_status = raw_block_status,
@@ -235,6 +249,7 @@ static const struct ep_ops raw_ops = {
     .zero = raw_zero,
     .flush = raw_flush,
     .close = raw_close,
+    .resize = raw_resize,
 };
 
 static struct ep *raw_from_fd(const char *name, int fd, bool writable)

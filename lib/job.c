@@ -190,7 +190,8 @@ int job_init(struct job *job, const struct job_config *c)
                                  job->chunk);
     if (job->req_max < job->chunk)
         job->req_max = job->chunk;
-    job->need_zero_write = c->sync_top || !(c->target_is_zero || (c->dst->caps & EP_CAP_IS_ZERO));
+    job->need_zero_write = c->sync_top || c->zero_always ||
+                            !(c->target_is_zero || (c->dst->caps & EP_CAP_IS_ZERO));
     pthread_mutex_init(&job->lock, NULL);
     pthread_cond_init(&job->cond, NULL);
     pthread_cond_init(&job->pipe_cond, NULL);
@@ -213,6 +214,7 @@ int job_init(struct job *job, const struct job_config *c)
 
 void job_destroy(struct job *job)
 {
+    job_set_status(job, JOB_CONCLUDED);
     pipe_end(job);
     if (job->seed_started) {
         job_cancel(job);
@@ -229,6 +231,48 @@ void job_destroy(struct job *job)
     pthread_cond_destroy(&job->pipe_cond);
     pthread_cond_destroy(&job->buf_cond);
     pthread_mutex_destroy(&job->bucket_lock);
+}
+
+void job_conclude(struct job *job, int r, void (*fn)(struct json *j, void *arg), void *arg)
+{
+    if (r == 0) {
+        __atomic_store_n(&job->offset, job->len, __ATOMIC_RELEASE);
+        job_set_status(job, JOB_PENDING);
+        job_event(job, "BLOCK_JOB_COMPLETED", fn, arg);
+        return;
+    }
+    job_set_status(job, JOB_ABORTING);
+    if (r == -ECANCELED)
+        job_event(job, "BLOCK_JOB_CANCELLED", NULL, NULL);
+}
+
+void job_set_size(struct job *job, uint64_t size)
+{
+    __atomic_store_n(&job->size, size, __ATOMIC_RELAXED);
+}
+
+void job_set_remaining(struct job *job, uint64_t remaining)
+{
+    uint64_t off = __atomic_load_n(&job->offset, __ATOMIC_ACQUIRE);
+    __atomic_store_n(&job->len, off + remaining, __ATOMIC_RELEASE);
+}
+
+void job_set_ready(struct job *job, void (*fn)(struct json *j, void *arg), void *arg)
+{
+    pthread_mutex_lock(&job->lock);
+    job_set_status(job, JOB_READY);
+    pthread_mutex_unlock(&job->lock);
+    job_event(job, "BLOCK_JOB_READY", fn, arg);
+}
+
+unsigned job_error_pauses(struct job *job, bool *on_target, char *msg, size_t size)
+{
+    pthread_mutex_lock(&job->lock);
+    unsigned n = job->error_pauses;
+    *on_target = job->pause_on_target;
+    snprintf(msg, size, "%s", job->pause_msg);
+    pthread_mutex_unlock(&job->lock);
+    return n;
 }
 
 void job_mark_dirty(struct job *job, uint64_t off, uint64_t len)
@@ -402,7 +446,8 @@ static void give_back(struct job *job, uint64_t first, uint64_t n, bool ok)
 static void on_error(struct job *job, uint64_t first, uint64_t n, const struct werr *e)
 {
     int policy = e->target ? job->c.on_target_error : job->c.on_source_error;
-    uint64_t off = first * job->chunk, len = mi_min(n * job->chunk, job->size - off);
+    uint64_t off = first * job->chunk, size = job_size(job);
+    uint64_t len = mi_min(n * job->chunk, size - mi_min(off, size));
     struct err_info info = {e->target ? "write" : "read", "report", mi_lasterr(), off, len};
     bool pause = policy == POLICY_STOP || (policy == POLICY_ENOSPC && e->rc == -ENOSPC);
     if (pause) {
@@ -526,21 +571,130 @@ static void wait_cond(struct job *job, uint64_t timeout_ns)
     job->waiters--;
 }
 
+/* The worker's own request, unless the write pipe lends the buffers: on ENOMEM the job
+ * fails and the worker ends at once. */
+static int worker_alloc(struct job *job, struct job_req *own)
+{
+    if (job->pipe || req_init(job, own) == 0)
+        return 0;
+    req_fini(own);
+    pthread_mutex_lock(&job->lock);
+    if (!job->error) {
+        job->error = -ENOMEM;
+        snprintf(job->error_msg, sizeof job->error_msg, "out of memory for buffers");
+    }
+    wake_all(job);
+    pthread_mutex_unlock(&job->lock);
+    return -ENOMEM;
+}
+
+/* With the lock held: take the next run for a request, from the cursor on, then once more
+ * from the start. */
+static inline uint64_t take_next(struct job *job, uint64_t max_chunks, uint64_t *first)
+{
+    uint64_t maxc = max_chunks;
+    uint64_t rate = bucket_rate(&job->bucket);
+    if (rate) /* keep requests small enough for the rate to be smooth */
+        maxc = mi_max(1, mi_min(maxc, rate / 4 / job->chunk));
+    uint64_t n = take(job, maxc, first);
+    if (n == 0 && job->cursor) {
+        job->cursor = 0;
+        n = take(job, maxc, first);
+    }
+    return n;
+}
+
+/* What a worker does next when take() found nothing. */
+enum idle_action {
+    IDLE_AGAIN, /* look for work again (after a wait or a backoff) */
+    IDLE_STOP,  /* the job finished or failed: the worker ends */
+};
+
+/* With the lock held, no worker busy and failed runs left (ignore policy): fail once the
+ * passes run out, else start the next pass. */
+static enum idle_action next_pass(struct job *job)
+{
+    if (++job->pass >= job->c.max_passes) {
+        fail_ignored(job);
+        wake_all(job);
+        return IDLE_STOP;
+    }
+    /* Back off, then retry the failed runs. */
+    job->active++;
+    pthread_mutex_unlock(&job->lock);
+    sleep_ns(50000000ULL << job->pass);
+    pthread_mutex_lock(&job->lock);
+    job->active--;
+    for (uint64_t w = 0; w < job->failed.nwords; w++) {
+        job->dirty.words[w] |= job->failed.words[w];
+        job->failed.words[w] = 0;
+    }
+    return IDLE_AGAIN;
+}
+
+/* With the lock held: take() found nothing.  Wait for the seeder or the other workers,
+ * retry the failed runs, or finish (when the supply, if any, agrees). */
+static enum idle_action on_empty(struct job *job)
+{
+    if (job->seeding) { /* woken as the seeder goes on */
+        wait_cond(job, 20000000);
+        return IDLE_AGAIN;
+    }
+    if (job->active == 0) {
+        if (bitmap_next_set(&job->failed, 0) < job->nchunks)
+            return next_pass(job);
+        if (!job->c.supply || !job->c.supply->idle ||
+            job->c.supply->idle(job->c.supply->ctx, job)) {
+            job->finished = true;
+            wake_all(job);
+            return IDLE_STOP;
+        }
+    }
+    wait_cond(job, 20000000);
+    return IDLE_AGAIN;
+}
+
+/* With the lock held (dropped meanwhile): copy the run of n chunks at first with q's
+ * buffers, or only read it and queue it for the write pipe. */
+static inline void run_req(struct job *job, struct job_req *q, uint64_t first, uint64_t n)
+{
+    if (job->pipe)
+        job->pipe_free = q->next;
+    job->cursor = first + n;
+    job->active++;
+    pthread_mutex_unlock(&job->lock);
+
+    q->first = first, q->n = n, q->off = first * job->chunk;
+    uint64_t size = job_size(job); /* follow moves it: read once */
+    q->len = mi_min(n * job->chunk, size - mi_min(q->off, size));
+    struct werr e = {0, false};
+    int r = q->len ? read_range(job, q->buf, q->cls, q->off, q->len, &e) : 0;
+    if (r == 0 && q->len && !job->pipe)
+        r = write_range(job, q->buf, q->cls, q->off, q->len, &e);
+
+    pthread_mutex_lock(&job->lock);
+    if (job->pipe && r == 0) {
+        /* Read: the writer takes it from here. */
+        q->next = NULL;
+        if (job->pipe_tail)
+            job->pipe_tail->next = q;
+        else
+            job->pipe_head = q;
+        job->pipe_tail = q;
+        pthread_cond_signal(&job->pipe_cond);
+        return;
+    }
+    req_done(job, q, r, &e);
+    if (job->pipe)
+        buf_free(job, q);
+}
+
 static void *worker(void *arg)
 {
     struct job *job = arg;
     struct job_req own = {0};
-    if (!job->pipe && req_init(job, &own) < 0) {
-        req_fini(&own);
-        pthread_mutex_lock(&job->lock);
-        if (!job->error) {
-            job->error = -ENOMEM;
-            snprintf(job->error_msg, sizeof job->error_msg, "out of memory for buffers");
-        }
-        wake_all(job);
-        pthread_mutex_unlock(&job->lock);
+    if (worker_alloc(job, &own) < 0)
         return NULL;
-    }
     uint64_t max_chunks = job->req_max / job->chunk;
     pthread_mutex_lock(&job->lock);
     for (;;) {
@@ -553,77 +707,13 @@ static void *worker(void *arg)
             pthread_cond_wait(&job->buf_cond, &job->lock); /* all queued for the writer */
             continue;
         }
-        uint64_t maxc = max_chunks;
-        uint64_t rate = bucket_rate(&job->bucket);
-        if (rate) /* keep requests small enough for the rate to be smooth */
-            maxc = mi_max(1, mi_min(maxc, rate / 4 / job->chunk));
-        uint64_t first, n = take(job, maxc, &first);
-        if (n == 0 && job->cursor) {
-            job->cursor = 0;
-            n = take(job, maxc, &first);
-        }
+        uint64_t first, n = take_next(job, max_chunks, &first);
         if (n == 0) {
-            if (job->seeding) { /* woken as the seeder goes on */
-                wait_cond(job, 20000000);
-                continue;
-            }
-            if (job->active == 0) {
-                if (bitmap_next_set(&job->failed, 0) < job->nchunks) {
-                    if (++job->pass >= job->c.max_passes) {
-                        fail_ignored(job);
-                        wake_all(job);
-                        break;
-                    }
-                    /* Back off, then retry the failed runs. */
-                    job->active++;
-                    pthread_mutex_unlock(&job->lock);
-                    sleep_ns(50000000ULL << job->pass);
-                    pthread_mutex_lock(&job->lock);
-                    job->active--;
-                    for (uint64_t w = 0; w < job->failed.nwords; w++) {
-                        job->dirty.words[w] |= job->failed.words[w];
-                        job->failed.words[w] = 0;
-                    }
-                    continue;
-                }
-                if (!job->c.supply || !job->c.supply->idle ||
-                    job->c.supply->idle(job->c.supply->ctx, job)) {
-                    job->finished = true;
-                    wake_all(job);
-                    break;
-                }
-            }
-            wait_cond(job, 20000000);
+            if (on_empty(job) == IDLE_STOP)
+                break;
             continue;
         }
-        if (job->pipe)
-            job->pipe_free = q->next;
-        job->cursor = first + n;
-        job->active++;
-        pthread_mutex_unlock(&job->lock);
-
-        q->first = first, q->n = n, q->off = first * job->chunk;
-        q->len = mi_min(n * job->chunk, job->size - mi_min(q->off, job->size));
-        struct werr e = {0, false};
-        int r = q->len ? read_range(job, q->buf, q->cls, q->off, q->len, &e) : 0;
-        if (r == 0 && q->len && !job->pipe)
-            r = write_range(job, q->buf, q->cls, q->off, q->len, &e);
-
-        pthread_mutex_lock(&job->lock);
-        if (job->pipe && r == 0) {
-            /* Read: the writer takes it from here. */
-            q->next = NULL;
-            if (job->pipe_tail)
-                job->pipe_tail->next = q;
-            else
-                job->pipe_head = q;
-            job->pipe_tail = q;
-            pthread_cond_signal(&job->pipe_cond);
-            continue;
-        }
-        req_done(job, q, r, &e);
-        if (job->pipe)
-            buf_free(job, q);
+        run_req(job, q, first, n);
     }
     wake_all(job);
     pthread_mutex_unlock(&job->lock);
@@ -840,6 +930,14 @@ void job_finish(struct job *job)
     job->finished = true;
     wake_all(job);
     pthread_mutex_unlock(&job->lock);
+}
+
+bool job_stopping(struct job *job)
+{
+    pthread_mutex_lock(&job->lock);
+    bool stopping = job->finished || job->cancel_req || job->error;
+    pthread_mutex_unlock(&job->lock);
+    return stopping;
 }
 
 bool job_idle(struct job *job)

@@ -70,6 +70,8 @@ struct job_config {
     int on_source_error, on_target_error;
     bool sync_top;            /* copy only what the source's top layer allocates */
     bool target_is_zero;      /* the target reads as zeros already */
+    bool zero_always;         /* write zero ranges even to a target that reads as zeros
+                               * now (follow: writers punch holes later) */
     bool no_seed;             /* don't seed from block status (the supply decides) */
     bool seed_async;          /* seed in a thread of its own while the copy starts (a
                                * target created for the job: nothing of the user's is
@@ -149,7 +151,12 @@ int job_start(struct job *job);
 /* Wait until the job finishes, printing progress (-p) every 100 ms via the callback;
  * returns 0 (complete), -ECANCELED, or the first error. */
 int job_wait(struct job *job, void (*tick)(struct job *job, void *arg), void *arg);
+/* Free the job (status concluded, with its event, once it had started or failed). */
 void job_destroy(struct job *job);
+/* The end of a run, from job_wait's result or a later step's: 0 makes the job pending and
+ * emits BLOCK_JOB_COMPLETED with fn's members; -ECANCELED aborting and
+ * BLOCK_JOB_CANCELLED; any other error aborting. */
+void job_conclude(struct job *job, int r, void (*fn)(struct json *j, void *arg), void *arg);
 
 /* Control, from any thread. */
 void job_pause(struct job *job);
@@ -162,12 +169,24 @@ void job_query(struct job *job, struct json *j);
 void job_fail(struct job *job, int err, const char *msg);
 /* End the job successfully: workers stop after their current request (follow's complete). */
 void job_finish(struct job *job);
+/* The job is ending: finished, cancelled or failed. */
+bool job_stopping(struct job *job);
 /* No worker is inside a request. */
 bool job_idle(struct job *job);
 /* Wake the workers (the supply has new dirty chunks). */
 void job_kick(struct job *job);
 /* Set the status and emit JOB_STATUS_CHANGE (lock held or not: takes care of itself). */
 void job_set_status(struct job *job, int status);
+/* The source's size changed (follow): requests are cut at it.  Lock held or not. */
+void job_set_size(struct job *job, uint64_t size);
+static inline uint64_t job_size(struct job *job) { return __atomic_load_n(&job->size, __ATOMIC_RELAXED); }
+/* Progress: `remaining` bytes are still to copy (len = offset + remaining). */
+void job_set_remaining(struct job *job, uint64_t remaining);
+/* In sync for the first time (follow): status ready and BLOCK_JOB_READY with fn's members. */
+void job_set_ready(struct job *job, void (*fn)(struct json *j, void *arg), void *arg);
+/* The job's pauses on an error so far (stop, enospc policies); the last one's side and
+ * message go to *on_target and msg. */
+unsigned job_error_pauses(struct job *job, bool *on_target, char *msg, size_t size);
 /* Mark [off, off+len) of the default bitmap dirty (bytes). */
 void job_mark_dirty(struct job *job, uint64_t off, uint64_t len);
 

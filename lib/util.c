@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -129,4 +130,12 @@ const char *mi_fmt_bytes(uint64_t n, char *buf, size_t size)
     else
         snprintf(buf, size, "%.1f %s", v, units[u]);
     return buf;
+}
+
+bool mi_same_file(const char *a, const char *b)
+{
+    struct stat sa, sb;
+    if (stat(a, &sa) < 0 || stat(b, &sb) < 0)
+        return false;
+    return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
 }

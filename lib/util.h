@@ -1,4 +1,5 @@
-/* util.h: error messages, size parsing and small helpers shared by lib/, formats/ and cli/.
+/* util.h: the base every room may use (lib/, formats/, cli/ and the shim): error messages,
+ * size parsing and small helpers.  It depends on libc only.
  *
  * Errors travel up: a function that fails returns -errno (or NULL) and leaves a full
  * message, "OBJECT: what failed: reason", in a thread-local buffer (mi_seterr).  Only
@@ -42,6 +43,9 @@ int mi_pwrite_full(int fd, const void *buf, size_t len, uint64_t off);
 
 /* True when len bytes at buf are all zero (fast, word-at-a-time). */
 bool mi_is_zero(const void *buf, size_t len);
+
+/* True when a and b name the same file (device and inode). */
+bool mi_same_file(const char *a, const char *b);
 
 /* Monotonic clock in nanoseconds. */
 uint64_t mi_now_ns(void);

@@ -1,0 +1,856 @@
+/* sync.c: the journal-driven sync engine (see sync.h): the journal as the job's chunk
+ * supply, the source's size followed, full passes, the lease, the engine's tick (checks,
+ * READY, rates, auto-converge), settling (quiesce, drain, flush, pivot) and the target's
+ * set-up and resume. */
+#include "sync.h"
+#include "compare.h"
+#include "journal.h"
+#include "util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+struct sync {
+    struct sync_config c;
+    struct mij *j;
+    bool following; /* we hold the journal */
+    struct ep *src, *dst;
+    int src_fd;
+    bool dst_is_file;
+    struct job job;
+    bool job_ok; /* job_init succeeded: job_destroy at the end */
+    struct job_supply supply;
+    const char *full_reason;
+    char why[300];
+    pthread_mutex_t size_mu; /* one size change at a time (a worker's take, the tick) */
+    pthread_mutex_t mu;      /* the members below read by the control thread */
+    bool completing, ready, in_sync;
+    bool settled;      /* incremental: settled, the job finishes */
+    bool lease_lapsed; /* the lease ran out since the quiesce began */
+    bool pivot_broken; /* a pivot request went out and failed: nothing more to copy */
+    bool frozen;       /* no chunk is handed to the workers (a pivot is out) */
+    int foreign_pid;   /* a process writing the source without the shim (last scan) */
+    uint64_t last_foreign_ns;
+    uint64_t downtime_ms;
+    bool pivoted;
+    /* rates, sampled each second by the tick */
+    uint64_t last_sample_ns, last_bytes, last_backlog, write_rate, copy_rate, last_offset;
+    unsigned growing_secs;
+    uint32_t delay_us;
+    void (*user_tick)(struct job *job, void *arg);
+    void *user_arg;
+};
+
+static void notice(struct sync *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void notice(struct sync *s, const char *fmt, ...)
+{
+    if (!s->c.notice)
+        return;
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    s->c.notice(s->c.ctx, msg);
+}
+
+static bool flag(const bool *b) { return __atomic_load_n(b, __ATOMIC_SEQ_CST); }
+static void set_flag(bool *b, bool v) { __atomic_store_n(b, v, __ATOMIC_SEQ_CST); }
+
+/* ---- the source's size follows the file ---- */
+
+/* Bring the job's, the source endpoint's and the target's sizes to the source file's
+ * (it grows and shrinks).  From a worker's take (job lock held) or the tick. */
+static int follow_size(struct sync *s)
+{
+    struct stat st;
+    if (fstat(s->src_fd, &st) < 0)
+        return mi_seterr(errno, "%s: %s", s->c.src, strerror(errno));
+    uint64_t size = S_ISREG(st.st_mode) ? (uint64_t)st.st_size : s->src->size;
+    if (size == job_size(&s->job))
+        return 0;
+    pthread_mutex_lock(&s->size_mu);
+    int r = 0;
+    if (s->dst->ops->resize)
+        r = ep_resize(s->dst, size);
+    else if (size > s->dst->size)
+        r = mi_seterr(ENOSPC, "%s: the source grew to %llu bytes, beyond the target's size",
+                      s->dst->name, (unsigned long long)size);
+    if (r == 0) {
+        s->src->size = size;
+        job_set_size(&s->job, size);
+    }
+    pthread_mutex_unlock(&s->size_mu);
+    return r;
+}
+
+/* ---- the journal as the job's chunk supply ---- */
+
+static uint64_t supply_take(void *ctx, uint64_t cursor, uint64_t max, uint64_t *first)
+{
+    struct sync *s = ctx;
+    if (flag(&s->frozen))
+        return 0; /* a pivot is out: the target is the writers' now */
+    uint64_t n = mij_take(s->j, cursor, max, first);
+    /* A write past the end we know of: the file grew; catch up before copying it. */
+    if (n && (*first + n) * mij_granularity(s->j) > job_size(&s->job) && follow_size(s) < 0) {
+        mij_redirty(s->j, *first, n);
+        return 0;
+    }
+    return n;
+}
+
+static void supply_done(void *ctx, uint64_t first, uint64_t n, bool ok)
+{
+    struct sync *s = ctx;
+    if (ok)
+        mij_done(s->j, first, n);
+    else
+        mij_redirty(s->j, first, n);
+}
+
+/* follow ends with complete or cancel; an incremental copy settles first (its tick does
+ * that and then finishes the job). */
+static bool supply_idle(void *ctx, struct job *job)
+{
+    (void)ctx, (void)job;
+    return false;
+}
+
+static uint64_t backlog(struct sync *s)
+{
+    uint64_t copying = 0, dirty = mij_backlog(s->j, &copying);
+    return (dirty + copying) * mij_granularity(s->j);
+}
+
+/* Mark what a full pass must copy: the source's data, or everything (the target holds
+ * old bytes that must be overwritten or zeroed). */
+static int mark_full_pass(struct sync *s, bool everything)
+{
+    uint64_t size = s->src->size, off = 0;
+    if (everything) {
+        mij_mark_range(s->j, 0, size);
+        return 0;
+    }
+    while (off < size) {
+        uint64_t len;
+        int kind;
+        int r = s->src->ops->block_status(s->src, off, size - off, 0, &len, &kind);
+        if (r < 0)
+            return r;
+        if (kind == EP_DATA)
+            mij_mark_range(s->j, off, len);
+        off += len;
+    }
+    return 0;
+}
+
+/* Forget what the source's state and mask said and copy everything again. */
+static void full_pass_again(struct sync *s, uint64_t mask)
+{
+    mij_untrusted_clear(s->j, mask);
+    mij_source_forget(s->j);
+    mark_full_pass(s, true);
+    job_kick(&s->job);
+}
+
+/* ---- checks ---- */
+
+/* Renew the lease.  A lease that ran out (the follower was stopped or starved) let the
+ * writers go, so a quiesce in progress no longer holds: remember it for complete. */
+static int renew(struct sync *s)
+{
+    if (mij_lease_renew(s->j) == -ETIME || mij_lease_lapsed(s->j))
+        set_flag(&s->lease_lapsed, true);
+    if (flag(&s->lease_lapsed) && s->completing)
+        return mi_seterr(ETIME, "%s: the follower's lease ran out during complete (was it "
+                         "stopped?) and the writers went on: try complete again", s->c.journal);
+    return 0;
+}
+
+/* SRC still names the file we follow (not renamed over, not replaced). */
+static int check_path(struct sync *s)
+{
+    struct stat st;
+    if (stat(s->c.src, &st) < 0)
+        return mi_seterr(errno, "%s: %s: the source is gone", s->c.src, strerror(errno));
+    if (mij_check_source(s->j, &st, s->c.src) < 0)
+        return mi_seterr(ESTALE, "%s: now names another file than the one followed (renamed over "
+                         "or replaced): the writers' file is no longer the source", s->c.src);
+    return 0;
+}
+
+/* A process that can write the source behind the shim (a writer not started under
+ * `run`): the journal cannot be trusted while it is there. */
+static int check_foreign(struct sync *s)
+{
+    char comm[64];
+    int pid = mij_foreign_writer(s->j, s->src_fd, comm, sizeof comm);
+    /* a child between fork and its registration, or an image between exec and its
+     * shim's start: look again, for up to half a second */
+    for (int i = 0; pid > 0 && i < 10; i++) {
+        nanosleep(&(struct timespec){0, 50000000}, NULL);
+        pid = mij_foreign_writer(s->j, s->src_fd, comm, sizeof comm);
+    }
+    __atomic_store_n(&s->foreign_pid, pid > 0 ? pid : 0, __ATOMIC_SEQ_CST);
+    if (pid <= 0)
+        return 0;
+    mij_untrust(s->j, MIJ_U_FOREIGN, pid);
+    return mi_seterr(EIO, "%s: pid %d (%s) has %s open for writing without the shim: its writes "
+                     "cannot be tracked (start it under `mirror-img run --journal %s`)",
+                     s->c.journal, pid, comm, s->c.src, s->c.journal);
+}
+
+/* ---- settling: quiesce, drain, flush, [pivot], release ---- */
+
+static int drain(struct sync *s, uint64_t timeout_ns)
+{
+    uint64_t deadline = mi_now_ns() + timeout_ns;
+    job_kick(&s->job);
+    for (;;) {
+        if (renew(s) < 0)
+            return -ETIME;
+        if (follow_size(s) < 0)
+            return -EIO;
+        uint64_t copying = 0, dirty = mij_backlog(s->j, &copying);
+        if (dirty == 0 && copying == 0 && job_idle(&s->job))
+            return 0;
+        if (s->job.error)
+            return mi_seterr(EIO, "%s", s->job.error_msg);
+        if (mi_now_ns() > deadline)
+            return mi_seterr(ETIMEDOUT, "%s: could not drain the dirty chunks in time", s->c.journal);
+        nanosleep(&(struct timespec){0, 200000}, NULL);
+    }
+}
+
+/* Reasons a full pass cures (mask): mark it now, under the quiesce, so that a complete
+ * retried before the engine's next tick finds it to drain, not an empty backlog; then
+ * fail this completion, naming them. */
+static int fail_full_pass(struct sync *s, uint64_t mask, unsigned died)
+{
+    char names[256];
+    mij_reasons_str(mask, names, sizeof names);
+    full_pass_again(s, mask);
+    if (died || (mask & MIJ_U_BIT(MIJ_U_WRITER_DIED)))
+        return mi_seterr(EIO, "%s: %u writer(s) died inside a write: what they wrote is "
+                         "unknown, so the target is not a consistent copy; a full pass "
+                         "follows: try again once in sync", s->c.journal, died ? died : 1);
+    return mi_seterr(EIO, "%s: journal untrusted: %s: the target is not a consistent copy; a "
+                     "full pass follows: try again once in sync", s->c.journal, names);
+}
+
+/* Nothing may complete while the journal is untrusted: a reason raised at any moment of
+ * the quiesce (a writer that started stdio or AIO while we drained, a writer that died)
+ * means the target may lack writes. */
+static int settle_trusted(struct sync *s)
+{
+    uint64_t u = mij_untrusted(s->j) & ~MIJ_U_BIT(MIJ_U_BYPASS);
+    char names[256];
+    if (u & ~MIJ_U_TRANSIENT)
+        return mi_seterr(EIO, "%s: journal untrusted: %s: the target is not a consistent copy, "
+                         "not completing", s->c.journal,
+                         mij_reasons_str(u & ~MIJ_U_TRANSIENT, names, sizeof names));
+    return u ? fail_full_pass(s, u, 0) : 0;
+}
+
+/* A pivot failed once writers could be on the target: the job ends (pivot_broken). */
+static int pivot_broke(struct sync *s, const char *why)
+{
+    char msg[600];
+    snprintf(msg, sizeof msg, "%s (%s: stopping)", mi_lasterr(), why);
+    set_flag(&s->pivot_broken, true);
+    return mi_seterr(EIO, "%s", msg);
+}
+
+/* Move the writers to the target.  Once the request is out, writers held by the quiesce
+ * switch and write the target: from then on a failure leaves the engine nothing to copy
+ * (the source is no longer the image), so the job ends with it. */
+static int settle_pivot(struct sync *s)
+{
+    char abs[PATH_MAX];
+    if (!realpath(s->dst->name, abs))
+        return mi_seterr(errno, "%s: %s", s->dst->name, strerror(errno));
+    /* No copy may start once writers can be on the target (the drain left none in
+     * flight); a writer that fails to switch keeps dirtying the source meanwhile. */
+    set_flag(&s->frozen, true);
+    if (renew(s) < 0 || mij_pivot_request(s->j, abs) < 0) {
+        set_flag(&s->frozen, false);
+        return -EIO; /* nobody moved */
+    }
+    struct mij_pivot_info pi;
+    int r = mij_pivot_wait(s->j, 5000000000ULL, &pi);
+    if (r == 0 && pi.failed)
+        r = mi_seterr(EIO, "%s: writer %d could not switch to the target: %s", s->c.journal,
+                      pi.first_err_pid, strerror(pi.first_err));
+    if (r == 0)
+        r = mij_pivot_finish(s->j) < 0 ? -ETIME : 0;
+    return r < 0 ? pivot_broke(s, "some writers may already write the target") : 0;
+}
+
+/* With the writers quiesced (qi): everything they wrote reaches the target, nothing
+ * wrote behind the shim, the journal is trusted; then the optional pivot. */
+static int settle_held(struct sync *s, bool pivot, const struct mij_quiesce_info *qi)
+{
+    int r = drain(s, 30000000000ULL);
+    if (r == 0)
+        r = s->dst->ops->flush(s->dst);
+    if (r == 0)
+        r = check_path(s);
+    /* A write behind the shim since the last record (no shim write can run now).  Stores
+     * through shared mappings change the file's times without a call: not with those. */
+    if (r == 0 && !qi->marked && mij_source_check(s->j, s->src_fd) == MIJ_SRC_CHANGED)
+        r = fail_full_pass(s, MIJ_U_BIT(MIJ_U_BYPASS), 0);
+    if (r == 0)
+        r = settle_trusted(s);
+    if (r == 0 && pivot)
+        r = settle_pivot(s);
+    if (r == 0)
+        r = renew(s);
+    if (r == 0)
+        r = settle_trusted(s); /* a reason raised by a writer while we pivoted */
+    if (r < 0 && pivot && flag(&s->frozen) && !flag(&s->pivot_broken))
+        r = pivot_broke(s, "the writers were moved to the target");
+    return r;
+}
+
+/* Quiesce the writers, drain, flush the target, optionally switch the writers to the
+ * target (pivot), record the source's state, release.  Returns 0 or -errno. */
+static int settle(struct sync *s, bool pivot)
+{
+    if (check_foreign(s) < 0)
+        return -EIO;
+    uint64_t t0 = mi_now_ns();
+    set_flag(&s->lease_lapsed, false);
+    struct mij_quiesce_info qi;
+    int r = mij_quiesce_begin(s->j, 5000000000ULL, &qi);
+    if (r < 0)
+        return r;
+    /* A writer found dead inside a write, now (qi.died) or by the follower since its last
+     * tick (the untrusted bit, its in-flight mark already reaped). */
+    uint64_t transient = mij_untrusted(s->j) & MIJ_U_TRANSIENT & ~MIJ_U_BIT(MIJ_U_BYPASS);
+    if (qi.died || transient)
+        r = fail_full_pass(s, transient | (qi.died ? MIJ_U_BIT(MIJ_U_WRITER_DIED) : 0), qi.died);
+    else if (pivot && qi.maps)
+        r = mi_seterr(EBUSY, "%s: cannot pivot: a writer has a writable shared mapping of %s",
+                      s->c.journal, s->c.src);
+    else
+        r = settle_held(s, pivot, &qi);
+    if (r == 0)
+        mij_source_observe(s->j, s->src_fd);
+    s->downtime_ms = (mi_now_ns() - t0) / 1000000;
+    mij_quiesce_end(s->j);
+    return r;
+}
+
+/* ---- complete ---- */
+
+int sync_complete(struct sync *s, bool pivot, char *desc, size_t dsize)
+{
+    if (pivot && !s->dst_is_file) {
+        snprintf(desc, dsize, "%s: --pivot needs a local file target", s->dst->name);
+        return -1;
+    }
+    if (!s->ready) {
+        snprintf(desc, dsize, "%s: not ready yet (the first pass is still running)", s->dst->name);
+        return -1;
+    }
+    pthread_mutex_lock(&s->mu);
+    s->completing = true;
+    pthread_mutex_unlock(&s->mu);
+    if (settle(s, pivot) == 0) {
+        pthread_mutex_lock(&s->mu);
+        s->pivoted = pivot;
+        pthread_mutex_unlock(&s->mu);
+        job_finish(&s->job);
+        return 0;
+    }
+    snprintf(desc, dsize, "%s", mi_lasterr());
+    /* Writers may write the target now: copying the source over it would undo them. */
+    if (flag(&s->pivot_broken)) {
+        job_fail(&s->job, -EIO, desc);
+        return -1;
+    }
+    pthread_mutex_lock(&s->mu);
+    s->completing = false;
+    pthread_mutex_unlock(&s->mu);
+    return -1;
+}
+
+int sync_control(void *ctx, const struct json_request *req, struct json *ret,
+                 const char **err_class, char *desc, size_t dsize)
+{
+    struct sync *s = ctx;
+    (void)err_class;
+    if (strcmp(req->execute, "job-complete") && strcmp(req->execute, "complete"))
+        return 1;
+    const char *p = json_request_arg(req, "pivot");
+    bool pivot = p && !strcmp(p, "true");
+    if (sync_complete(s, pivot, desc, dsize) < 0)
+        return -1;
+    json_u64_member(ret, "downtime_ms", s->downtime_ms);
+    json_u64_member(ret, "bytes_copied", s->job.bytes_copied);
+    json_bool_member(ret, "pivot", pivot);
+    return 0;
+}
+
+/* ---- the engine's tick (every 100 ms) ---- */
+
+static void converge(struct sync *s, uint64_t bl)
+{
+    /* Dirtying faster than we copy: the backlog grew over the last second. */
+    if (bl > s->last_backlog && bl > 4 * mij_granularity(s->j))
+        s->growing_secs++;
+    else
+        s->growing_secs = 0;
+    if (!s->c.auto_converge)
+        return;
+    uint32_t d = s->delay_us;
+    if (s->growing_secs >= 2)
+        d = d ? (d * 2 > 100000 ? 100000 : d * 2) : 50;
+    else if (bl == 0 && d)
+        d /= 2;
+    if (d != s->delay_us) {
+        s->delay_us = d;
+        mij_set_delay(s->j, d);
+    }
+}
+
+static void sample_rates(struct sync *s, uint64_t now)
+{
+    uint64_t bytes, writes, bl = backlog(s);
+    mij_counters(s->j, &bytes, &writes);
+    double secs = (double)(now - s->last_sample_ns) / 1e9;
+    uint64_t offset = __atomic_load_n(&s->job.offset, __ATOMIC_RELAXED);
+    pthread_mutex_lock(&s->mu);
+    s->write_rate = (uint64_t)((double)(bytes - s->last_bytes) / secs);
+    s->copy_rate = (uint64_t)((double)(offset - s->last_offset) / secs);
+    converge(s, bl);
+    pthread_mutex_unlock(&s->mu);
+    s->last_bytes = bytes;
+    s->last_offset = offset;
+    s->last_backlog = bl;
+    s->last_sample_ns = now;
+}
+
+/* Now and then, a scan of /proc for a writer without the shim (said once per pid). */
+static void scan_foreign(struct sync *s)
+{
+    uint64_t now = mi_now_ns();
+    if (now - s->last_foreign_ns < 5000000000ULL)
+        return;
+    s->last_foreign_ns = now;
+    int was = s->foreign_pid;
+    if (check_foreign(s) < 0 && s->foreign_pid != was)
+        notice(s, "%s", mi_lasterr());
+}
+
+/* Reasons: a transient one (a writer died inside a write, wrote by a raw syscall) is
+ * cured by a full pass; any other fails the job.  Returns -1 when it failed. */
+static int tick_reasons(struct sync *s)
+{
+    uint64_t t = mij_untrusted(s->j) & MIJ_U_TRANSIENT & ~MIJ_U_BIT(MIJ_U_BYPASS);
+    char names[256];
+    if (s->foreign_pid) /* a full pass cures it only once that process is gone */
+        t &= ~MIJ_U_BIT(MIJ_U_FOREIGN);
+    if (t) {
+        notice(s, "%s: %s: copying everything again", s->c.journal,
+               mij_reasons_str(t, names, sizeof names));
+        full_pass_again(s, t);
+    }
+    uint64_t u = mij_untrusted(s->j) & ~MIJ_U_TRANSIENT;
+    if (!u)
+        return 0;
+    mi_seterr(EIO, "%s: journal untrusted: %s; the target cannot be kept in sync (see "
+              "`mirror-img journal status %s`)", s->c.journal,
+              mij_reasons_str(u, names, sizeof names), s->c.journal);
+    job_fail(&s->job, -EIO, mi_lasterr());
+    return -1;
+}
+
+/* In sync: record the source's state so writes behind the shim are seen later; a change
+ * since the last record is such a write: full pass.  Returns whether still in sync. */
+static bool tick_in_sync(struct sync *s)
+{
+    if (mij_source_check(s->j, s->src_fd) != MIJ_SRC_CHANGED) {
+        mij_source_observe(s->j, s->src_fd);
+        return true;
+    }
+    notice(s, "%s: %s changed behind the shim (size or change time): full pass", s->c.journal,
+           s->c.src);
+    full_pass_again(s, MIJ_U_BIT(MIJ_U_BYPASS));
+    return false;
+}
+
+static void ready_members(struct json *j, void *ctx)
+{
+    (void)ctx;
+    json_bool_member(j, "in_sync", true);
+}
+
+static void tick_live(struct sync *s)
+{
+    struct job *job = &s->job;
+    pthread_mutex_lock(&s->mu);
+    bool completing = s->completing;
+    pthread_mutex_unlock(&s->mu);
+    if (completing)
+        return;
+    if (mij_check_alive(s->j) < 0 || check_path(s) < 0 || follow_size(s) < 0) {
+        job_fail(job, -EIO, mi_lasterr());
+        return;
+    }
+    scan_foreign(s);
+    if (tick_reasons(s) < 0)
+        return;
+    uint64_t bl = backlog(s);
+    bool idle = bl == 0 && job_idle(job) && !s->foreign_pid;
+    job_set_remaining(job, bl);
+    if (idle)
+        idle = tick_in_sync(s);
+    pthread_mutex_lock(&s->mu);
+    s->in_sync = idle;
+    bool first_ready = idle && !s->ready;
+    if (first_ready)
+        s->ready = true;
+    pthread_mutex_unlock(&s->mu);
+    if (first_ready)
+        job_set_ready(job, ready_members, NULL);
+    uint64_t now = mi_now_ns();
+    if (now - s->last_sample_ns >= 1000000000ULL)
+        sample_rates(s, now);
+}
+
+/* copy --incremental: once caught up, hold the writers a moment so the target is the
+ * copy of one instant, then finish. */
+static void tick_incremental(struct sync *s)
+{
+    struct job *job = &s->job;
+    if (s->settled)
+        return;
+    if (renew(s) < 0 || follow_size(s) < 0 || mij_check_alive(s->j) < 0) {
+        job_fail(job, -EIO, mi_lasterr());
+        return;
+    }
+    uint64_t bl = backlog(s);
+    job_set_remaining(job, bl);
+    if (bl || !job_idle(job))
+        return;
+    if (settle(s, false) < 0) {
+        job_fail(job, -EIO, mi_lasterr());
+        return;
+    }
+    s->settled = true;
+    job_finish(job);
+}
+
+static void tick(struct job *job, void *arg)
+{
+    struct sync *s = arg;
+    if (s->user_tick)
+        s->user_tick(job, s->user_arg);
+    if (job_stopping(job))
+        return;
+    renew(s);
+    if (s->c.live)
+        tick_live(s);
+    else
+        tick_incremental(s);
+}
+
+int sync_run(struct sync *s, void (*user_tick)(struct job *job, void *arg), void *arg)
+{
+    s->user_tick = user_tick;
+    s->user_arg = arg;
+    s->last_sample_ns = mi_now_ns();
+    mij_counters(s->j, &s->last_bytes, &(uint64_t){0});
+    int r = job_start(&s->job);
+    int w = job_wait(&s->job, tick, s);
+    return r ? r : w;
+}
+
+/* ---- events and results ---- */
+
+/* Members of follow's progress events and status answers. */
+static void live_members(struct json *j, void *ctx)
+{
+    struct sync *s = ctx;
+    char buf[256];
+    struct mij_writer w[64];
+    int n = mij_writers(s->j, w, 64), alive = 0;
+    for (int i = 0; i < n; i++)
+        alive += w[i].alive;
+    uint64_t u = mij_untrusted(s->j);
+    pthread_mutex_lock(&s->mu);
+    json_bool_member(j, "ready", s->ready);
+    json_bool_member(j, "in_sync", s->in_sync);
+    json_u64_member(j, "backlog", backlog(s));
+    json_u64_member(j, "write_rate", s->write_rate);
+    json_u64_member(j, "copy_rate", s->copy_rate);
+    json_bool_member(j, "converging", s->growing_secs < 3);
+    json_u64_member(j, "writer_delay_us", s->delay_us);
+    json_u64_member(j, "writers", (uint64_t)alive);
+    json_str_member(j, "untrusted", u ? mij_reasons_str(u, buf, sizeof buf) : "");
+    pthread_mutex_unlock(&s->mu);
+}
+
+static void completed_members(struct json *j, void *ctx)
+{
+    struct sync *s = ctx;
+    struct sync_result res;
+    sync_result(s, &res);
+    json_u64_member(j, "bytes_copied", res.bytes_copied);
+    json_u64_member(j, "duration_ms", res.duration_ms);
+    json_u64_member(j, "downtime_ms", res.downtime_ms);
+    if (s->c.live) {
+        json_bool_member(j, "pivot", res.pivoted);
+        return;
+    }
+    json_bool_member(j, "incremental", s->full_reason == NULL);
+    if (s->full_reason)
+        json_str_member(j, "full_pass_reason", s->full_reason);
+}
+
+void sync_result(struct sync *s, struct sync_result *res)
+{
+    pthread_mutex_lock(&s->mu);
+    res->bytes_copied = s->job.bytes_copied;
+    res->duration_ms = s->job.end_ns ? (s->job.end_ns - s->job.start_ns) / 1000000 : 0;
+    res->downtime_ms = s->downtime_ms;
+    res->pivoted = s->pivoted;
+    pthread_mutex_unlock(&s->mu);
+}
+
+static void record_target(struct sync *s)
+{
+    struct stat st = {0};
+    if (!s->dst_is_file || stat(s->c.dst, &st) == 0) {
+        if (!s->dst_is_file)
+            st.st_size = (off_t)s->dst->size;
+        mij_target_set(s->j, s->c.dst, &st);
+    }
+}
+
+void sync_conclude(struct sync *s, int r)
+{
+    if (!s->job_ok)
+        return;
+    if (r == 0 && !s->c.live)
+        record_target(s);
+    job_conclude(&s->job, r, completed_members, s);
+}
+
+/* Chunks the writers changed since the copy are dirty again: a difference there is fine. */
+static bool dirty_again(void *ctx, uint64_t off)
+{
+    struct sync *s = ctx;
+    uint64_t g = mij_granularity(s->j), first;
+    return mij_next_run(s->j, false, off / g, &first) && first == off / g;
+}
+
+int sync_verify(struct sync *s)
+{
+    struct compare_opts o = {.length = s->src->size, .granule = mij_granularity(s->j),
+                             .forgive = dirty_again, .ctx = s};
+    struct compare_result res;
+    int r = compare_images(s->src, s->dst, &o, &res);
+    if (r < 0)
+        return r;
+    if (res.verdict == CMP_DIFFER)
+        return mi_seterr(EIO, "%s: verification failed: differs from the source in the chunk "
+                         "at offset %llu", s->dst->name,
+                         (unsigned long long)mi_round_down(res.offset, o.granule));
+    if (res.verdict == CMP_SIZE)
+        return mi_seterr(EIO, "%s: verification failed: smaller than the source", s->dst->name);
+    return 0;
+}
+
+/* ---- set-up ---- */
+
+/* An NBD target: written over unless it is the one this journal records. */
+static int open_nbd_target(struct sync *s, const struct mij_target *rec, bool *full, bool *all)
+{
+    s->dst = ep_open(s->c.dst, &(struct ep_open_opts){.format = "raw"}, true);
+    if (!s->dst)
+        return -EIO;
+    if (s->dst->size < s->src->size)
+        return mi_seterr(ENOSPC, "%s: the export is smaller than the source", s->c.dst);
+    bool same = rec->valid && !strcmp(rec->path, s->c.dst);
+    *full = !same || s->c.existing || s->c.force;
+    *all = true;
+    return 0;
+}
+
+/* The target: the one this journal records (resume), or an existing one with -n (written
+ * over: everything is copied) or --force (replaced), or a new one. */
+static int open_target(struct sync *s, bool *full, bool *all)
+{
+    const char *dst = s->c.dst;
+    struct mij_target rec;
+    mij_target_get(s->j, &rec);
+    if (ep_is_nbd_uri(dst))
+        return open_nbd_target(s, &rec, full, all);
+    struct stat st;
+    bool exists = stat(dst, &st) == 0;
+    if (exists && mi_same_file(dst, s->c.src))
+        return mi_seterr(EINVAL, "%s: is the source; refusing to overwrite it", dst);
+    bool recorded = exists && rec.valid && rec.dev == (uint64_t)st.st_dev &&
+                    rec.ino == (uint64_t)st.st_ino;
+    s->dst_is_file = true;
+    if (exists && !recorded && !s->c.existing && !s->c.force)
+        return mi_seterr(EEXIST, "%s: already exists and this journal does not record it as its "
+                         "target (use -n to write into it, or --force to replace it)", dst);
+    if (exists && !s->c.force) {
+        s->dst = ep_open(dst, &(struct ep_open_opts){.format = "raw"}, true);
+        if (!s->dst)
+            return -EIO;
+        *full = !recorded || s->c.existing;
+        *all = true;
+        return ep_resize(s->dst, s->src->size) < 0 && s->dst->size < s->src->size ? -ENOSPC : 0;
+    }
+    struct ep_create_opts c = {.format = "raw", .size = s->src->size, .force = s->c.force};
+    if (!(s->dst = ep_create(dst, &c)))
+        return -EIO;
+    *full = true;
+    *all = false;
+    return 0;
+}
+
+/* The journal, the source, the lease. */
+static int open_journal(struct sync *s)
+{
+    const struct sync_config *c = &s->c;
+    struct mij_create_opts jo = {.granularity = c->granularity, .granularity_set = c->granularity != 0};
+    if (mij_create(c->journal, c->src, &jo, &s->j, NULL) < 0)
+        return -EIO;
+    if (!(s->src = ep_open(c->src, &(struct ep_open_opts){.format = "raw"}, false)))
+        return -EIO;
+    if ((s->src_fd = open(c->src, O_RDONLY | O_CLOEXEC)) < 0)
+        return mi_seterr(errno, "%s: cannot open: %s", c->src, strerror(errno));
+    if (mij_follow(s->j, c->lease_ms * 1000000ULL) < 0)
+        return -EBUSY;
+    s->following = true;
+    struct stat sst;
+    if (fstat(s->src_fd, &sst) < 0 || mij_check_source(s->j, &sst, c->src) < 0)
+        return -ESTALE;
+    return 0;
+}
+
+/* Decide whether everything is copied (and why), and mark it. */
+static int plan_pass(struct sync *s, bool full, bool all)
+{
+    uint64_t reasons = mij_untrusted(s->j) & ~MIJ_U_BIT(MIJ_U_BYPASS);
+    if (full)
+        s->full_reason = all ? "the target is not the one this journal records" : "new target";
+    int sc = mij_source_check(s->j, s->src_fd);
+    if (!full && sc != MIJ_SRC_OK) {
+        full = true;
+        s->full_reason = sc == MIJ_SRC_CHANGED ? "the source changed behind the shim (size or change time)"
+                                               : "the source's state was never recorded";
+    }
+    if (!full && reasons) {
+        char names[256];
+        full = all = true;
+        snprintf(s->why, sizeof s->why, "journal untrusted: %s",
+                 mij_reasons_str(reasons, names, sizeof names));
+        s->full_reason = s->why;
+    }
+    if (!full)
+        return 0;
+    mij_source_forget(s->j);
+    mij_untrusted_clear(s->j, MIJ_U_TRANSIENT);
+    return mark_full_pass(s, all) < 0 ? -EIO : 0;
+}
+
+static int make_job(struct sync *s)
+{
+    const struct sync_config *c = &s->c;
+    s->supply = (struct job_supply){s, supply_take, supply_done, supply_idle};
+    struct job_config jc = {
+        .src = s->src, .dst = s->dst, .device = c->dst, .type = c->live ? "mirror" : "copy",
+        .granularity = mij_granularity(s->j), .buf_size = c->buf_size, .threads = c->threads,
+        .speed = c->speed, .on_source_error = c->on_source_error,
+        .on_target_error = c->on_target_error, .no_seed = true, .supply = &s->supply,
+        .zero_always = true, /* writers punch holes: zero ranges are always written */
+        .extra = c->live ? live_members : NULL, .extra_ctx = s,
+    };
+    if (job_init(&s->job, &jc) < 0)
+        return -EIO;
+    s->job_ok = true;
+    if (s->job.chunk != mij_granularity(s->j))
+        return mi_seterr(EINVAL, "%s: the target needs %llu-byte alignment, more than the "
+                         "journal's granularity", c->dst, (unsigned long long)s->job.chunk);
+    return 0;
+}
+
+static int open_all(struct sync *s)
+{
+    if (open_journal(s) < 0)
+        return -EIO;
+    /* Transient reasons (a writer died inside a write...) are cured by a full pass; the
+     * others say a writer keeps writing behind the journal's back. */
+    uint64_t u = mij_untrusted(s->j) & ~MIJ_U_BIT(MIJ_U_BYPASS) & ~MIJ_U_TRANSIENT;
+    if (u && s->c.live) {
+        char names[256];
+        return mi_seterr(EIO, "%s: journal untrusted: %s (`mirror-img journal reset %s` after "
+                         "dealing with it)", s->c.journal, mij_reasons_str(u, names, sizeof names),
+                         s->c.journal);
+    }
+    bool full = false, all = false;
+    if (open_target(s, &full, &all) < 0 || plan_pass(s, full, all) < 0)
+        return -EIO;
+    /* From here on the journal holds everything the target lacks: record the source's
+     * state and the target now, so that a run killed before it got in sync resumes
+     * without a full pass (and a write behind the shim is still seen). */
+    mij_source_observe(s->j, s->src_fd);
+    record_target(s);
+    return make_job(s);
+}
+
+int sync_open(const struct sync_config *c, struct sync **out)
+{
+    struct sync *s = calloc(1, sizeof *s);
+    *out = s;
+    if (!s)
+        return mi_seterr(ENOMEM, "out of memory");
+    s->c = *c;
+    s->src_fd = -1;
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_mutex_init(&s->size_mu, NULL);
+    return open_all(s);
+}
+
+struct job *sync_job(struct sync *s) { return s && s->job_ok ? &s->job : NULL; }
+const char *sync_full_reason(const struct sync *s) { return s->full_reason; }
+
+int sync_close(struct sync *s)
+{
+    if (!s)
+        return 0;
+    if (s->job_ok)
+        job_destroy(&s->job);
+    int r = s->dst ? ep_close(s->dst) : 0;
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", mi_lasterr());
+    ep_close(s->src);
+    if (s->src_fd >= 0)
+        close(s->src_fd);
+    if (s->j) {
+        if (s->following)
+            mij_unfollow(s->j);
+        mij_close(s->j);
+    }
+    pthread_mutex_destroy(&s->mu);
+    pthread_mutex_destroy(&s->size_mu);
+    free(s);
+    if (r < 0)
+        mi_seterr(-r, "%s", msg);
+    return r;
+}

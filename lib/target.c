@@ -1,0 +1,128 @@
+/* target.c: see target.h. */
+#include "target.h"
+#include "util.h"
+
+#include <errno.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+/* The target's format: -O, else the source's (qcow v1 sources become qcow2). */
+static const char *target_format(const struct target_opts *o, const struct ep *src, const char *dst)
+{
+    if (ep_is_nbd_uri(dst))
+        return "raw";
+    if (o->dst_fmt)
+        return o->dst_fmt;
+    const char *f = ep_format(src);
+    return !strcmp(f, "qcow2") || !strcmp(f, "qcow") ? "qcow2" : "raw";
+}
+
+/* The backing name a --sync=top target records: the source's own name when both images
+ * share a directory, else the resolved path (a relative name would point elsewhere). */
+static int backing_for_target(const struct ep_info *si, const char *src, const char *dst,
+                              char *out, size_t size)
+{
+    char a[PATH_MAX], b[PATH_MAX], sd[PATH_MAX], dd[PATH_MAX];
+    snprintf(a, sizeof a, "%s", src);
+    snprintf(b, sizeof b, "%s", dst);
+    if (!realpath(dirname(a), sd) || !realpath(dirname(b), dd))
+        return mi_seterr(errno, "%s: cannot resolve the directory: %s", dst, strerror(errno));
+    const char *name = si->backing_file[0] == '/' || !strcmp(sd, dd) ? si->backing_file : si->backing_path;
+    if (strlen(name) >= size)
+        return mi_seterr(ENAMETOOLONG, "%s: backing name too long", src);
+    strcpy(out, name);
+    return 0;
+}
+
+
+/* -n: write into what is there (after the format check). */
+static int open_existing(const struct target_opts *o, const struct stat *st, struct target *t)
+{
+    const char *dst = o->dst;
+    if (o->dst_fmt && strcmp(o->dst_fmt, "raw") && S_ISREG(st->st_mode)) {
+        const char *probed = ep_probe(dst);
+        if (probed && strcmp(probed, o->dst_fmt))
+            return mi_seterr(EINVAL, "%s: is %s, not %s", dst, probed, o->dst_fmt);
+    }
+    t->ep = ep_open(dst, &(struct ep_open_opts){.format = o->dst_fmt ? o->dst_fmt : "raw"}, true);
+    return t->ep ? 0 : -EIO;
+}
+
+/* A new image (or one replaced with --force). */
+static int create_new(const struct target_opts *o, const char *fmt, struct ep *src,
+                      const struct ep_info *si, struct target *t)
+{
+    const char *dst = o->dst;
+    struct ep_create_opts c = o->create;
+    char backing[PATH_MAX];
+    c.format = fmt;
+    c.size = src->size;
+    if (!strcmp(fmt, "qcow2") && c.size % 512) {
+        /* as qemu-img does: the tail past the source's end reads as zeros */
+        c.size = mi_round_up(c.size, 512);
+        t->rounded_from = src->size;
+    }
+    c.force = o->force;
+    if (o->sync_top && si->backing_file[0]) {
+        if (backing_for_target(si, o->src, dst, backing, sizeof backing) < 0)
+            return -EINVAL;
+        c.backing_file = backing;
+        c.backing_format = si->backing_format[0] ? si->backing_format : NULL;
+    }
+    if (o->compress && strcmp(fmt, "qcow2"))
+        return mi_seterr(EINVAL, "%s: -c needs a qcow2 target", dst);
+    t->ep = ep_create(dst, &c);
+    t->created = t->ep != NULL;
+    return t->ep ? 0 : -EIO;
+}
+
+/* A local target: refused when it is the source or in its chain, else -n, new or --force. */
+static int open_local(const struct target_opts *o, const char *fmt, struct ep *src,
+                      const struct ep_info *si, struct target *t)
+{
+    const char *dst = o->dst;
+    struct stat st;
+    bool exists = lstat(dst, &st) == 0;
+    if (exists && (mi_same_file(dst, o->src) ||
+                   (si->backing_path[0] && mi_same_file(dst, si->backing_path))))
+        return mi_seterr(EINVAL, "%s: is the source or in its backing chain; refusing to overwrite it", dst);
+    if (o->existing) {
+        if (!exists)
+            return mi_seterr(ENOENT, "%s: does not exist (-n writes into an existing target)", dst);
+        return open_existing(o, &st, t);
+    }
+    if (exists && !o->force)
+        return mi_seterr(EEXIST, "%s: already exists (use -n to write into it, or --force to replace it)", dst);
+    if (exists && !S_ISREG(st.st_mode) && !S_ISLNK(st.st_mode))
+        return mi_seterr(EINVAL, "%s: is not a regular file; use -n to write into it", dst);
+    return create_new(o, fmt, src, si, t);
+}
+
+int target_open(const struct target_opts *o, struct ep *src, const struct ep_info *si, struct target *t)
+{
+    const char *dst = o->dst;
+    const char *fmt = target_format(o, src, dst);
+    if (o->sync_top && !strcmp(fmt, "raw"))
+        return mi_seterr(EINVAL, "%s: --sync=top needs a qcow2 target (a raw target cannot name "
+                         "a backing file)", dst);
+    int r;
+    if (ep_is_nbd_uri(dst))
+        r = (t->ep = ep_open(dst, &(struct ep_open_opts){.format = "raw"}, true)) ? 0 : -EIO;
+    else
+        r = open_local(o, fmt, src, si, t);
+    if (r < 0)
+        return r;
+    if (t->ep->size < src->size) {
+        char b1[32], b2[32];
+        mi_seterr(ENOSPC, "%s: target is smaller than the source (%s < %s)", dst,
+                  mi_fmt_bytes(t->ep->size, b1, sizeof b1), mi_fmt_bytes(src->size, b2, sizeof b2));
+        ep_close(t->ep);
+        t->ep = NULL;
+        return -ENOSPC;
+    }
+    return 0;
+}
