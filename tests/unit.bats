@@ -16,3 +16,4 @@ unit() {
 @test "unit: bitmap, token bucket, JSON, size parser" { unit test-core; }
 @test "unit: qcow2 writer" { unit test-qcow2-create; }
 @test "unit: L2 decoding" { unit test-l2; }
+@test "unit: block-status comparer" { unit test-compare; }
