@@ -21,23 +21,27 @@ static const char *target_format(const struct target_opts *o, const struct ep *s
     return !strcmp(f, "qcow2") || !strcmp(f, "qcow") ? "qcow2" : "raw";
 }
 
-/* The backing name a --sync=top target records: the source's own name when both images
- * share a directory, else the resolved path (a relative name would point elsewhere). */
+/* The backing name a --sync=top target records, as QEMU's absolute-paths mode does: the
+ * backing file's absolute path, or the source's own relative name where it still names
+ * the same file from the target's directory (a relative name resolves from there). */
 static int backing_for_target(const struct ep_info *si, const char *src, const char *dst,
                               char *out, size_t size)
 {
-    char a[PATH_MAX], b[PATH_MAX], sd[PATH_MAX], dd[PATH_MAX];
-    snprintf(a, sizeof a, "%s", src);
-    snprintf(b, sizeof b, "%s", dst);
-    if (!realpath(dirname(a), sd) || !realpath(dirname(b), dd))
-        return mi_seterr(errno, "%s: cannot resolve the directory: %s", dst, strerror(errno));
-    const char *name = si->backing_file[0] == '/' || !strcmp(sd, dd) ? si->backing_file : si->backing_path;
+    char d[PATH_MAX], rel[PATH_MAX * 2], abs[PATH_MAX];
+    snprintf(d, sizeof d, "%s", dst);
+    snprintf(rel, sizeof rel, "%s/%s", dirname(d), si->backing_file);
+    const char *name = si->backing_file;
+    if (name[0] != '/' && !mi_same_file(rel, si->backing_path)) {
+        if (!realpath(si->backing_path, abs))
+            return mi_seterr(errno, "%s: cannot resolve the backing file %s: %s", src,
+                             si->backing_path, strerror(errno));
+        name = abs;
+    }
     if (strlen(name) >= size)
         return mi_seterr(ENAMETOOLONG, "%s: backing name too long", src);
     strcpy(out, name);
     return 0;
 }
-
 
 /* -n: write into what is there (after the format check). */
 static int open_existing(const struct target_opts *o, const struct stat *st, struct target *t)

@@ -246,3 +246,29 @@ assert sum(e["length"] for e in m) == 6 * 1024 * 1024 + 512' "$output"
     cmp -n 1000003 "$T/odd.raw" "$T/back.raw"
     qemu_same "$T/odd.raw" "$T/back.raw"
 }
+
+@test "qcow2 --sync=top into another directory: the backing name resolves from the target's directory" {
+    mkdir -p "$T/a" "$T/b" "$T/c"
+    qemu-img create -q -f qcow2 "$T/a/base.qcow2" 4M
+    qemu-io -f qcow2 -c "write -P 0x11 0 2M" "$T/a/base.qcow2" >/dev/null
+    (cd "$T/a" && qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2)
+    qemu-io -f qcow2 -c "write -P 0x22 1M 1M" "$T/a/top.qcow2" >/dev/null
+    # run from $T: the source's relative backing name is relative to a/, not to the cwd
+    cd "$T"
+    run "$MI" copy --sync=top a/top.qcow2 b/st.qcow2
+    assert_success
+    run qemu-img info --output=json b/st.qcow2
+    assert_success
+    assert_output --partial "\"backing-filename\": \"$(realpath "$T/a/base.qcow2")\""
+    run qemu-img compare a/top.qcow2 b/st.qcow2
+    assert_success
+    # beside the source's backing file, the relative name resolves: kept as it is
+    cp a/base.qcow2 c/base.qcow2
+    (cd c && qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2)
+    run "$MI" copy --sync=top c/top.qcow2 c/st.qcow2
+    assert_success
+    run qemu-img info --output=json c/st.qcow2
+    assert_output --partial '"backing-filename": "base.qcow2"'
+    run qemu-img compare c/top.qcow2 c/st.qcow2
+    assert_success
+}

@@ -8,7 +8,7 @@ MI=${MI:-$TOP/build/mirror-img}
 export MIRROR_IMG_SHIM=${MIRROR_IMG_SHIM:-$TOP/build/mirror-img-shim.so}
 T=$BATS_TEST_TMPDIR
 # The journal code a test program (a follower or writer of its own) is built from.
-JOURNAL_SRC=("$TOP"/lib/journal-*.c "$TOP/lib/proc.c" "$TOP/lib/util.c")
+JOURNAL_SRC=("$TOP"/lib/journal-{layout,writer,follower}.c "$TOP/lib/proc.c" "$TOP/lib/util.c")
 
 # requires CMD...: skip (never pass) when a tool is missing.
 requires() {
