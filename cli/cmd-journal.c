@@ -1,5 +1,6 @@
 /* cmd-journal.c: `mirror-img journal status|dump|reset [--json] J`: look into a journal
- * (the dirty backlog, why it is untrusted, who writes, the recent writes) or clear it. */
+ * (the dirty backlog, why it is untrusted, who writes, the recent writes) or clear it.  The
+ * journal is read by lib/journal-status.c; this file parses and prints. */
 #include "cli.h"
 #include "journal-status.h"
 #include "util.h"
@@ -92,10 +93,10 @@ static void print_writers(const struct mij_status *st)
     for (int i = 0; i < st->nwriters; i++) {
         const struct mij_writer *w = &st->writers[i];
         if (w->alive)
-            printf("writer:      pid %d: %u descriptor%s, %u mapping%s, %" PRIu64 " writes (%s)%s\n",
-                   w->pid, w->tracked, w->tracked == 1 ? "" : "s", w->nmaps,
-                   w->nmaps == 1 ? "" : "s", w->writes, mi_fmt_bytes(w->bytes, b, sizeof b),
-                   w->inflight ? ", in a write" : "");
+            printf("writer:      pid %d: %u descriptor%s, %u mapping%s, %" PRIu64
+                   " writes (%s)%s\n", w->pid, w->tracked, w->tracked == 1 ? "" : "s",
+                   w->nmaps, w->nmaps == 1 ? "" : "s", w->writes,
+                   mi_fmt_bytes(w->bytes, b, sizeof b), w->inflight ? ", in a write" : "");
     }
 }
 
@@ -150,37 +151,37 @@ static void print_json(struct json *js)
     json_free(js);
 }
 
-/* status or dump, printed. */
-static int show(struct mij *j, const struct journal_opts *o)
+static void status(struct mij *j, const struct journal_opts *o)
 {
-    struct json js;
-    json_init(&js);
-    if (!strcmp(o->action, "dump")) {
-        struct mij_rec *recs;
-        int n = mij_dump_read(j, o->last, &recs);
-        if (n < 0) {
-            cli_error_last();
-            json_free(&js);
-            return MI_EXIT_FAIL;
-        }
-        if (o->json) {
-            mij_dump_json(recs, n, o->journal, &js);
-            print_json(&js);
-        } else {
-            print_dump(recs, n);
-        }
-        free(recs);
+    struct mij_status st;
+    mij_status_read(j, &st);
+    if (o->json) {
+        struct json js;
+        json_init(&js);
+        mij_status_json(j, &st, o->journal, &js);
+        print_json(&js);
     } else {
-        struct mij_status st;
-        mij_status_read(j, &st);
-        if (o->json) {
-            mij_status_json(j, &st, o->journal, &js);
-            print_json(&js);
-        } else {
-            print_status(&st, o->journal);
-        }
+        print_status(&st, o->journal);
     }
-    json_free(&js);
+}
+
+static int dump(struct mij *j, const struct journal_opts *o)
+{
+    struct mij_rec *recs;
+    int n = mij_dump_read(j, o->last, &recs);
+    if (n < 0) {
+        cli_error_last();
+        return MI_EXIT_FAIL;
+    }
+    if (o->json) {
+        struct json js;
+        json_init(&js);
+        mij_dump_json(recs, n, o->journal, &js);
+        print_json(&js);
+    } else {
+        print_dump(recs, n);
+    }
+    free(recs);
     return MI_EXIT_OK;
 }
 
@@ -201,8 +202,10 @@ static int run_journal(int argc, char **argv)
             cli_error_last();
             rc = MI_EXIT_FAIL;
         }
+    } else if (!strcmp(o.action, "dump")) {
+        rc = dump(j, &o);
     } else {
-        rc = show(j, &o);
+        status(j, &o);
     }
     mij_close(j);
     return rc;

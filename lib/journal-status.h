@@ -1,6 +1,8 @@
 /* journal-status.h: what `journal status` and `journal dump` show, read from an open journal
- * (read-only is enough): a snapshot of its state for the text, and the --json objects.
- * Nothing here prints; cli/cmd-journal.c does. */
+ * (read-only is enough): a snapshot of its state and the ring's last records, for the text,
+ * and the --json objects built from them.  Nothing here prints; cli/cmd-journal.c does.
+ * Unlike the other lib/journal-*.c it needs json.c: the test programs built from the
+ * journal's own sources (tests/helpers.bash JOURNAL_SRC) leave it out. */
 #ifndef MI_JOURNAL_STATUS_H
 #define MI_JOURNAL_STATUS_H
 
