@@ -31,10 +31,11 @@ int mi_opts_check_journal(struct mi_opts *o)
     if (o->src_fmt || o->dst_fmt) {
         const char *probed = ep_probe(o->args[0]);
         const char *want = o->dst_fmt ? o->dst_fmt : o->src_fmt;
-        if (probed && strcmp(probed, want))
-            return cli_usage(sub, "the journal mirrors file to file: the target has the source's "
-                             "format (%s); converting to %s this way is not possible (use a "
-                             "plain copy)", probed, want);
+        bool disk = probed && !strcmp(probed, "qcow2") && !strcmp(want, "raw") && o->dst_fmt;
+        if (probed && strcmp(probed, want) && !disk)
+            return cli_usage(sub, "the journal mirrors a %s source file to file, or a qcow2 "
+                             "source as a disk into raw (-O raw): converting to %s this way is "
+                             "not possible (use a plain copy)", probed, want);
     }
     return mi_opts_check(o);
 }
@@ -108,7 +109,8 @@ static int run(struct mi_opts *o, bool live, struct sync *s)
 int mi_run_journal(struct mi_opts *o, bool live)
 {
     struct sync_config c = {
-        .journal = o->journal, .src = o->args[0], .dst = o->args[1], .live = live,
+        .journal = o->journal, .src = o->args[0], .dst = o->args[1], .dst_fmt = o->dst_fmt,
+        .live = live,
         .existing = o->existing, .force = o->force, .granularity = o->granularity,
         .lease_ms = o->lease_ms, .auto_converge = o->auto_converge, .buf_size = o->buf_size,
         .speed = o->speed, .threads = o->threads, .on_source_error = o->on_source_error,

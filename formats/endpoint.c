@@ -149,3 +149,12 @@ int ep_resize(struct ep *ep, uint64_t size)
                          (unsigned long long)size, ep->writable ? "not supported" : "read-only");
     return ep->ops->resize(ep, size);
 }
+
+int ep_refresh(struct ep *ep, uint64_t off, uint64_t len, bool conservative,
+               void (*dirty)(void *ctx, uint64_t off, uint64_t len), void *ctx)
+{
+    if (!ep->ops->refresh)
+        return mi_seterr(ENOTSUP, "%s: %s images cannot be followed in disk mode", ep->name,
+                         ep_format(ep));
+    return ep->ops->refresh(ep, off, len, conservative, dirty, ctx);
+}

@@ -74,6 +74,10 @@ struct ep_ops {
      * source file grew or shrank).  Sets ep.size.  Called with no other call in flight
      * on the range past the smaller of the two sizes. */
     int (*resize)(struct ep *ep, uint64_t size);
+
+    /* Optional (may be NULL): see ep_refresh. */
+    int (*refresh)(struct ep *ep, uint64_t off, uint64_t len, bool conservative,
+                   void (*dirty)(void *ctx, uint64_t off, uint64_t len), void *ctx);
 };
 
 struct ep {
@@ -99,6 +103,8 @@ struct ep_open_opts {
     const char *password_file; /* legacy AES qcow2 / qcow: file holding the password */
     bool no_backing;           /* refuse any backing chain (security option) */
     bool top_only;             /* open the top layer without its backing chain (--sync=top) */
+    bool live;                 /* qcow2: the file is written while open (follow's disk
+                                * mode): hold every table, answer ep_refresh */
 };
 
 /* Options for creating a target. */
@@ -144,6 +150,18 @@ int ep_bs_all_data(struct ep *ep, uint64_t off, uint64_t max, unsigned flags,
 int ep_zero_by_write(struct ep *ep, uint64_t off, uint64_t len, unsigned flags);
 int ep_write_readonly(struct ep *ep, const void *buf, uint64_t len, uint64_t off);
 int ep_flush_noop(struct ep *ep);
+
+/* follow's disk mode: the image file (opened with live) changed in [off, off+len) (file
+ * offsets).  The reader re-reads what it holds of that range (header, L1, L2 tables) and
+ * calls dirty(ctx, guest_off, guest_len) for every guest range whose content or mapping
+ * may have changed: the data clusters stored there, and the entries that differ from
+ * the tables it held.  With conservative (nothing is known of what the target saw: a
+ * first pass, a restart), a re-read table counts every entry as changed and a change of
+ * the header or the L1 table the whole disk.  A raw image maps the range to itself.
+ * Returns 0, or -errno with a message (a read error; a change disk mode cannot follow:
+ * the virtual size, the backing file). */
+int ep_refresh(struct ep *ep, uint64_t off, uint64_t len, bool conservative,
+               void (*dirty)(void *ctx, uint64_t off, uint64_t len), void *ctx);
 
 /* Resize through ops->resize; -ENOTSUP with a message when the backend cannot. */
 int ep_resize(struct ep *ep, uint64_t size);

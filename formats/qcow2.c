@@ -23,9 +23,7 @@
  * no zero flag) and, with struct qcow2_hooks from qcow.c, AES-encrypted images whose
  * data clusters libqcow decrypts.
  */
-#include "endpoint.h"
-#include "qcow2.h"
-#include "util.h"
+#include "qcow2-int.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -37,54 +35,6 @@
 #include <unistd.h>
 #include <zlib.h>
 #include <zstd.h>
-
-#ifndef L2_CACHE_BYTES /* the fuzz build shrinks the cache so that eviction gets exercised */
-#define L2_CACHE_BYTES (16 * MI_MiB)
-#endif
-#define MAX_L1_BYTES (32 * MI_MiB)
-
-struct l2slot {
-    uint64_t *t; /* the table in host byte order */
-    uint32_t l1i;
-    bool ref;    /* clock: used since the hand last passed */
-};
-
-struct qcow2 {
-    struct ep ep;
-    int fd;
-    int data_fd; /* the external data file, or fd */
-    uint64_t file_size, data_size;
-    int version; /* 1, 2 or 3 */
-    unsigned cluster_bits, l2_bits, g_bits; /* g: granule (cluster or subcluster) */
-    uint64_t cluster_size;
-    size_t l2_bytes;
-    bool extl2;
-    uint32_t crypt;
-    uint64_t incompat, compat, autoclear;
-    unsigned refcount_order;
-    int compression;
-    uint32_t nb_snapshots;
-    uint64_t size;
-    uint32_t l1_size, l1_used;
-    uint64_t l1_offset;
-    uint64_t *l1; /* l1_used entries, host order */
-    bool has_backing;
-    char backing_name[QCOW2_MAX_BACKING_NAME + 1];
-    char backing_fmt[32];    /* from the header extension, "" without one */
-    char backing_probed[32]; /* top_only: probed when the extension is missing */
-    char backing_path[4096];
-    char data_file[QCOW2_MAX_BACKING_NAME + 1];
-    char data_path[4096];
-    struct ep *backing; /* NULL: none, or top_only */
-    struct qcow2_hooks hooks;
-    bool has_hooks;
-
-    pthread_mutex_t lock;
-    int32_t *slot_of; /* per L1 index: cache slot or -1 */
-    struct l2slot *slots;
-    uint64_t *slab; /* nslots tables: slot s is slab + s * l2_bytes / 8 */
-    uint32_t nslots, nused, hand;
-};
 
 /* One run of guest bytes of one kind, within one L2 table. */
 struct run {
@@ -117,9 +67,8 @@ static void to_host_order(uint64_t *t, size_t n)
         t[i] = mi_be64(&t[i]);
 }
 
-static int read_l2(struct qcow2 *q, uint32_t l1i, uint64_t **out)
+int qcow2_read_l2_at(struct qcow2 *q, uint64_t off, uint64_t **out)
 {
-    uint64_t off = q->version == 1 ? q->l1[l1i] : q->l1[l1i] & QCOW2_L1_OFFSET_MASK;
     uint64_t *t = malloc(q->l2_bytes);
     if (!t)
         return mi_seterr(ENOMEM, "%s: out of memory", q->ep.name);
@@ -132,6 +81,12 @@ static int read_l2(struct qcow2 *q, uint32_t l1i, uint64_t **out)
     to_host_order(t, q->l2_bytes / 8);
     *out = t;
     return 0;
+}
+
+static int read_l2(struct qcow2 *q, uint32_t l1i, uint64_t **out)
+{
+    uint64_t off = q->version == 1 ? q->l1[l1i] : q->l1[l1i] & QCOW2_L1_OFFSET_MASK;
+    return qcow2_read_l2_at(q, off, out);
 }
 
 /* Copy table t for L1 index l1i into the cache (lock held); t stays the caller's.  With
@@ -163,6 +118,8 @@ static bool cache_put(struct qcow2 *q, uint32_t l1i, const uint64_t *t, bool evi
 static int get_l2(struct qcow2 *q, uint32_t l1i, const uint64_t **out)
 {
     int32_t s = q->slot_of[l1i];
+    if (s < 0 && q->live) /* every table is held: the L1 entry changed under us */
+        return mi_seterr(EAGAIN, "%s: L2 table %u not loaded", q->ep.name, l1i);
     if (s < 0) {
         uint64_t *t;
         pthread_mutex_unlock(&q->lock);
@@ -197,15 +154,16 @@ static int map_run(struct qcow2 *q, uint64_t off, uint64_t max, bool status, str
     unsigned tbits = q->cluster_bits + q->l2_bits;
     uint64_t l1i = off >> tbits, tstart = l1i << tbits;
     max = mi_min(max, tstart + (1ULL << tbits) - off);
+    pthread_mutex_lock(&q->lock); /* live mode changes the L1 table under it */
     uint64_t l2off = l1i < q->l1_used ? q->l1[l1i] : 0;
     if (q->version != 1)
         l2off &= QCOW2_L1_OFFSET_MASK;
     if (!l2off) {
+        pthread_mutex_unlock(&q->lock);
         *r = (struct run){QCOW2_C_UNALLOC, max, 0, 0};
         return 0;
     }
-    pthread_mutex_lock(&q->lock);
-    const uint64_t *t;
+    const uint64_t *t = NULL;
     int e = get_l2(q, (uint32_t)l1i, &t);
     if (e < 0) {
         pthread_mutex_unlock(&q->lock);
@@ -504,6 +462,7 @@ static int q2_info(struct ep *ep, struct ep_info *info)
 
 static void q2_free(struct qcow2 *q)
 {
+    qcow2_live_free(q);
     free(q->slab);
     free(q->slots);
     free(q->slot_of);
@@ -535,6 +494,7 @@ static const struct ep_ops qcow2_ops = {
     .flush = ep_flush_noop,
     .close = q2_close,
     .info = q2_info,
+    .refresh = qcow2_live_refresh,
 };
 
 
@@ -834,6 +794,13 @@ static int load_tables(struct qcow2 *q)
         return FAIL("%s: L1 table at 0x%llx lies beyond the end of the file", nm,
                     (unsigned long long)q->l1_offset);
     q->nslots = (uint32_t)mi_max(4, L2_CACHE_BYTES / q->l2_bytes);
+    if (q->live) { /* one slot per L1 entry, never evicted (qcow2-live.c) */
+        if ((uint64_t)need * q->l2_bytes > QCOW2_LIVE_MAX_TABLES)
+            return FAIL("%s: %llu MiB of L2 tables: more than disk mode holds (%llu MiB)", nm,
+                        (unsigned long long)(need * q->l2_bytes >> 20),
+                        (unsigned long long)(QCOW2_LIVE_MAX_TABLES >> 20));
+        q->nslots = (uint32_t)mi_max(1, need);
+    }
     q->l1 = calloc(need ? need : 1, 8);
     q->slot_of = malloc((need ? need : 1) * sizeof *q->slot_of);
     q->slots = calloc(q->nslots, sizeof *q->slots);
@@ -864,7 +831,9 @@ static int load_tables(struct qcow2 *q)
             e = check_entry(q, t, j, guest);
             guest += q->cluster_size;
         }
-        if (e == 0)
+        if (e == 0 && q->live)
+            qcow2_live_install(q, i, t);
+        else if (e == 0)
             cache_put(q, i, t, false);
         free(t);
         if (e < 0)
@@ -1057,7 +1026,8 @@ static struct ep *open_chain(const char *name, const struct ep_open_opts *opts,
         q2_free(q);
         return qcow_open_chain(name, opts, parent);
     }
-    if ((e = open_layers(q, opts, &self)) < 0)
+    q->live = opts->live && !parent && !hooks;
+    if ((e = open_layers(q, opts, &self)) < 0 || (q->live && (e = qcow2_live_init(q)) < 0))
         goto fail;
     q->ep.ops = &qcow2_ops; /* one reader for both: only the format's name differs */
     q->ep.format = q->version == 1 ? "qcow" : "qcow2";

@@ -241,6 +241,16 @@ static int raw_resize(struct ep *ep, uint64_t size)
     return 0;
 }
 
+/* A raw image is its own map: the file range is the guest range. */
+static int raw_refresh(struct ep *ep, uint64_t off, uint64_t len, bool conservative,
+                       void (*dirty)(void *ctx, uint64_t off, uint64_t len), void *ctx)
+{
+    (void)conservative;
+    if (off < ep->size)
+        dirty(ctx, off, mi_min(len, ep->size - off));
+    return 0;
+}
+
 static const struct ep_ops raw_ops = {
     .name = "raw",
     .block_status = raw_block_status,
@@ -250,6 +260,7 @@ static const struct ep_ops raw_ops = {
     .flush = raw_flush,
     .close = raw_close,
     .resize = raw_resize,
+    .refresh = raw_refresh,
 };
 
 static struct ep *raw_from_fd(const char *name, int fd, bool writable)

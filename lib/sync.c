@@ -3,6 +3,7 @@
  * READY, rates, auto-converge), settling (quiesce, drain, flush, pivot) and the target's
  * set-up and resume. */
 #include "sync.h"
+#include "bitmap.h"
 #include "compare.h"
 #include "journal.h"
 #include "util.h"
@@ -47,7 +48,18 @@ struct sync {
     uint32_t delay_us;
     void (*user_tick)(struct job *job, void *arg);
     void *user_arg;
+    /* disk mode (a qcow2 source mirrored as the disk it holds, see disk_take) */
+    bool disk;
+    struct ep *gsrc;          /* the source as a guest sees it (live qcow2 reader) */
+    pthread_mutex_t gmu;      /* the guest bitmaps */
+    struct bitmap gdirty, gcopying;
+    uint64_t gchunk;
+    bool conservative;        /* the next translation knows nothing of the target */
+    char disk_err[512];       /* a translation failed: the tick fails the job */
 };
+
+/* What the target mirrors: the file, or in disk mode the disk. */
+static uint64_t vsize(const struct sync *s) { return s->disk ? s->gsrc->size : s->src->size; }
 
 static void notice(struct sync *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void notice(struct sync *s, const char *fmt, ...)
@@ -72,6 +84,8 @@ static void set_flag(bool *b, bool v) { __atomic_store_n(b, v, __ATOMIC_SEQ_CST)
 static int follow_size(struct sync *s)
 {
     struct stat st;
+    if (s->disk) /* the disk's size is fixed: a resize fails the translation */
+        return 0;
     if (fstat(s->src_fd, &st) < 0)
         return mi_seterr(errno, "%s: %s", s->c.src, strerror(errno));
     uint64_t size = S_ISREG(st.st_mode) ? (uint64_t)st.st_size : s->src->size;
@@ -125,10 +139,104 @@ static bool supply_idle(void *ctx, struct job *job)
     return false;
 }
 
+/* ---- disk mode: the journal's file chunks translated into guest chunks ----
+ *
+ * The journal marks what changed in the source FILE; the job copies the DISK.  When no
+ * guest chunk is left to copy or in flight (an epoch ends), every file chunk taken so far
+ * is done in the journal; then the dirty file chunks are taken (they stay copying in the
+ * journal: a crash finds them again) and the reader translates each into the guest
+ * chunks it changed (ep_refresh).  Guest chunks are taken clear-before-read, and one in
+ * flight is not handed out again until its copy is done, as the journal's are. */
+
+static void guest_dirty(void *ctx, uint64_t off, uint64_t len)
+{
+    struct sync *s = ctx;
+    if (!len)
+        return;
+    uint64_t first = off / s->gchunk, last = (off + len - 1) / s->gchunk;
+    pthread_mutex_lock(&s->gmu);
+    bitmap_set_range(&s->gdirty, first, last - first + 1);
+    pthread_mutex_unlock(&s->gmu);
+}
+
+/* Take a run of dirty guest chunks not in flight, at or after cursor. */
+static uint64_t guest_take(struct sync *s, uint64_t cursor, uint64_t max, uint64_t *first)
+{
+    uint64_t n = 0, nbits = s->gdirty.nbits, i = cursor;
+    pthread_mutex_lock(&s->gmu);
+    while ((i = bitmap_next_set(&s->gdirty, i)) < nbits && bitmap_test(&s->gcopying, i))
+        i++;
+    if (i < nbits) {
+        *first = i;
+        while (i + n < nbits && n < max && bitmap_test(&s->gdirty, i + n) &&
+               !bitmap_test(&s->gcopying, i + n))
+            n++;
+        bitmap_clear_range(&s->gdirty, i, n);
+        bitmap_set_range(&s->gcopying, i, n);
+    }
+    pthread_mutex_unlock(&s->gmu);
+    return n;
+}
+
+static bool guest_idle(struct sync *s)
+{
+    pthread_mutex_lock(&s->gmu);
+    bool idle = bitmap_next_set(&s->gdirty, 0) >= s->gdirty.nbits &&
+                bitmap_next_set(&s->gcopying, 0) >= s->gcopying.nbits;
+    pthread_mutex_unlock(&s->gmu);
+    return idle;
+}
+
+/* An epoch ended: done with the file chunks it took; take and translate the next ones. */
+static void translate(struct sync *s)
+{
+    uint64_t first, n, g = mij_granularity(s->j), cur = 0;
+    while ((n = mij_next_run(s->j, true, 0, &first)))
+        mij_done(s->j, first, n);
+    bool all = __atomic_exchange_n(&s->conservative, false, __ATOMIC_SEQ_CST);
+    while ((n = mij_take(s->j, cur, 1ULL << 20, &first))) {
+        if (ep_refresh(s->gsrc, first * g, n * g, all, guest_dirty, s) < 0) {
+            mij_redirty(s->j, first, n);
+            __atomic_store_n(&s->conservative, true, __ATOMIC_SEQ_CST);
+            if (!s->disk_err[0])
+                snprintf(s->disk_err, sizeof s->disk_err, "%s", mi_lasterr());
+            return;
+        }
+        cur = first + n;
+    }
+}
+
+/* The supply's take in disk mode (called with the job lock held: one at a time). */
+static uint64_t disk_take(void *ctx, uint64_t cursor, uint64_t max, uint64_t *first)
+{
+    struct sync *s = ctx;
+    uint64_t n = guest_take(s, cursor, max, first);
+    if (n || !guest_idle(s) || s->disk_err[0])
+        return n;
+    translate(s);
+    return guest_take(s, 0, max, first);
+}
+
+static void disk_done(void *ctx, uint64_t first, uint64_t n, bool ok)
+{
+    struct sync *s = ctx;
+    pthread_mutex_lock(&s->gmu);
+    bitmap_clear_range(&s->gcopying, first, n);
+    if (!ok)
+        bitmap_set_range(&s->gdirty, first, n);
+    pthread_mutex_unlock(&s->gmu);
+}
+
 static uint64_t backlog(struct sync *s)
 {
     uint64_t copying = 0, dirty = mij_backlog(s->j, &copying);
-    return (dirty + copying) * mij_granularity(s->j);
+    uint64_t b = (dirty + copying) * mij_granularity(s->j);
+    if (s->disk) {
+        pthread_mutex_lock(&s->gmu);
+        b += (bitmap_count(&s->gdirty) + bitmap_count(&s->gcopying)) * s->gchunk;
+        pthread_mutex_unlock(&s->gmu);
+    }
+    return b;
 }
 
 /* Mark what a full pass must copy: the source's data, or everything (the target holds
@@ -136,6 +244,13 @@ static uint64_t backlog(struct sync *s)
 static int mark_full_pass(struct sync *s, bool everything)
 {
     uint64_t size = s->src->size, off = 0;
+    if (s->disk) { /* the whole file, translated knowing nothing: the whole disk */
+        struct stat st;
+        if (fstat(s->src_fd, &st) == 0)
+            size = (uint64_t)st.st_size;
+        __atomic_store_n(&s->conservative, true, __ATOMIC_SEQ_CST);
+        everything = true;
+    }
     if (everything) {
         mij_mark_range(s->j, 0, size);
         return 0;
@@ -354,6 +469,11 @@ static int settle(struct sync *s, bool pivot)
 
 int sync_complete(struct sync *s, bool pivot, char *desc, size_t dsize)
 {
+    if (pivot && s->disk) {
+        snprintf(desc, dsize, "%s: cannot pivot in disk mode: the target holds the disk, not "
+                 "the source's file", s->dst->name);
+        return -1;
+    }
     if (pivot && !s->dst_is_file) {
         snprintf(desc, dsize, "%s: --pivot needs a local file target", s->dst->name);
         return -1;
@@ -558,6 +678,10 @@ static void tick(struct job *job, void *arg)
         s->user_tick(job, s->user_arg);
     if (job_stopping(job))
         return;
+    if (s->disk_err[0]) {
+        job_fail(job, -EIO, s->disk_err);
+        return;
+    }
     renew(s);
     if (s->c.live)
         tick_live(s);
@@ -589,6 +713,7 @@ static void live_members(struct json *j, void *ctx)
         alive += w[i].alive;
     uint64_t u = mij_untrusted(s->j);
     pthread_mutex_lock(&s->mu);
+    json_str_member(j, "mode", s->disk ? "disk" : "file");
     json_bool_member(j, "ready", s->ready);
     json_bool_member(j, "in_sync", s->in_sync);
     json_u64_member(j, "backlog", backlog(s));
@@ -657,10 +782,10 @@ static bool dirty_again(void *ctx, uint64_t off)
 
 int sync_verify(struct sync *s)
 {
-    struct compare_opts o = {.length = s->src->size, .granule = mij_granularity(s->j),
-                             .forgive = dirty_again, .ctx = s};
+    struct compare_opts o = {.length = vsize(s), .granule = mij_granularity(s->j),
+                             .forgive = s->disk ? NULL : dirty_again, .ctx = s};
     struct compare_result res;
-    int r = compare_images(s->src, s->dst, &o, &res);
+    int r = compare_images(s->disk ? s->gsrc : s->src, s->dst, &o, &res);
     if (r < 0)
         return r;
     if (res.verdict == CMP_DIFFER)
@@ -680,7 +805,7 @@ static int open_nbd_target(struct sync *s, const struct mij_target *rec, bool *f
     s->dst = ep_open(s->c.dst, &(struct ep_open_opts){.format = "raw"}, true);
     if (!s->dst)
         return -EIO;
-    if (s->dst->size < s->src->size)
+    if (s->dst->size < vsize(s))
         return mi_seterr(ENOSPC, "%s: the export is smaller than the source", s->c.dst);
     bool same = rec->valid && !strcmp(rec->path, s->c.dst);
     *full = !same || s->c.existing || s->c.force;
@@ -713,13 +838,55 @@ static int open_target(struct sync *s, bool *full, bool *all)
             return -EIO;
         *full = !recorded || s->c.existing;
         *all = true;
-        return ep_resize(s->dst, s->src->size) < 0 && s->dst->size < s->src->size ? -ENOSPC : 0;
+        return ep_resize(s->dst, vsize(s)) < 0 && s->dst->size < vsize(s) ? -ENOSPC : 0;
     }
-    struct ep_create_opts c = {.format = "raw", .size = s->src->size, .force = s->c.force};
+    struct ep_create_opts c = {.format = "raw", .size = vsize(s), .force = s->c.force};
     if (!(s->dst = ep_create(dst, &c)))
         return -EIO;
     *full = true;
     *all = false;
+    return 0;
+}
+
+/* Disk mode, whenever the target cannot be a byte-identical copy of the file: a qcow2
+ * source into another format (-O raw, an NBD export) or with a backing chain (sync full
+ * flattens it).  The job then reads the source through a live qcow2 reader. */
+static int open_disk(struct sync *s)
+{
+    const struct sync_config *c = &s->c;
+    const char *fmt = ep_probe(c->src);
+    if (!fmt)
+        return -EIO;
+    if (strcmp(fmt, "qcow2")) {
+        if (c->dst_fmt && strcmp(c->dst_fmt, fmt))
+            return mi_seterr(ENOTSUP, "%s: a %s source is mirrored file to file: converting "
+                             "it to %s while it is written is not supported (use a plain copy)",
+                             c->src, fmt, c->dst_fmt);
+        return 0;
+    }
+    struct ep_info si;
+    struct ep *top = ep_open(c->src, &(struct ep_open_opts){.format = "qcow2", .top_only = true}, false);
+    if (!top || ep_get_info(top, &si, false) < 0) {
+        ep_close(top);
+        return -EIO;
+    }
+    ep_close(top);
+    bool other = ep_is_nbd_uri(c->dst) || (c->dst_fmt && strcmp(c->dst_fmt, "qcow2"));
+    if (!other && !si.backing_file[0])
+        return 0; /* file mode: the target is the same qcow2 file */
+    if (!other)
+        return mi_seterr(ENOTSUP, "%s: has a backing file (%s): follow flattens the chain in "
+                         "disk mode, into a raw file or device (-O raw) or an NBD export; a "
+                         "qcow2 target is not supported in disk mode yet", c->src, si.backing_file);
+    s->gsrc = ep_open(c->src, &(struct ep_open_opts){.format = "qcow2", .live = true}, false);
+    if (!s->gsrc)
+        return -EIO;
+    s->disk = true;
+    s->conservative = true; /* nothing is known of what the target saw */
+    s->gchunk = mij_granularity(s->j);
+    uint64_t n = (s->gsrc->size + s->gchunk - 1) / s->gchunk;
+    if (bitmap_init(&s->gdirty, n) < 0 || bitmap_init(&s->gcopying, n) < 0)
+        return mi_seterr(ENOMEM, "out of memory for a bitmap of %llu chunks", (unsigned long long)n);
     return 0;
 }
 
@@ -734,6 +901,8 @@ static int open_journal(struct sync *s)
         return -EIO;
     if ((s->src_fd = open(c->src, O_RDONLY | O_CLOEXEC)) < 0)
         return mi_seterr(errno, "%s: cannot open: %s", c->src, strerror(errno));
+    if (open_disk(s) < 0)
+        return -EIO;
     if (mij_follow(s->j, c->lease_ms * 1000000ULL) < 0)
         return -EBUSY;
     s->following = true;
@@ -772,9 +941,10 @@ static int plan_pass(struct sync *s, bool full, bool all)
 static int make_job(struct sync *s)
 {
     const struct sync_config *c = &s->c;
-    s->supply = (struct job_supply){s, supply_take, supply_done, supply_idle};
+    s->supply = s->disk ? (struct job_supply){s, disk_take, disk_done, supply_idle}
+                        : (struct job_supply){s, supply_take, supply_done, supply_idle};
     struct job_config jc = {
-        .src = s->src, .dst = s->dst, .device = c->dst, .type = c->live ? "mirror" : "copy",
+        .src = s->disk ? s->gsrc : s->src, .dst = s->dst, .device = c->dst, .type = c->live ? "mirror" : "copy",
         .granularity = mij_granularity(s->j), .buf_size = c->buf_size, .threads = c->threads,
         .speed = c->speed, .on_source_error = c->on_source_error,
         .on_target_error = c->on_target_error, .no_seed = true, .supply = &s->supply,
@@ -784,7 +954,7 @@ static int make_job(struct sync *s)
     if (job_init(&s->job, &jc) < 0)
         return -EIO;
     s->job_ok = true;
-    if (s->job.chunk != mij_granularity(s->j))
+    if (s->job.chunk != (s->disk ? s->gchunk : mij_granularity(s->j)))
         return mi_seterr(EINVAL, "%s: the target needs %llu-byte alignment, more than the "
                          "journal's granularity", c->dst, (unsigned long long)s->job.chunk);
     return 0;
@@ -824,6 +994,7 @@ int sync_open(const struct sync_config *c, struct sync **out)
     s->src_fd = -1;
     pthread_mutex_init(&s->mu, NULL);
     pthread_mutex_init(&s->size_mu, NULL);
+    pthread_mutex_init(&s->gmu, NULL);
     return open_all(s);
 }
 
@@ -840,6 +1011,10 @@ int sync_close(struct sync *s)
     char msg[1024];
     snprintf(msg, sizeof msg, "%s", mi_lasterr());
     ep_close(s->src);
+    ep_close(s->gsrc);
+    bitmap_free(&s->gdirty);
+    bitmap_free(&s->gcopying);
+    pthread_mutex_destroy(&s->gmu);
     if (s->src_fd >= 0)
         close(s->src_fd);
     if (s->j) {

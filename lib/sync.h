@@ -32,6 +32,8 @@ struct sync_config {
     const char *journal;  /* the journal's path */
     const char *src;      /* the source file the shim journals */
     const char *dst;      /* the target: a file or an NBD URI */
+    const char *dst_fmt;  /* -O: NULL, or "raw" (disk mode of a qcow2 source), or the
+                           * source's own format */
     bool live;            /* follow: mirrors until sync_complete; else (copy --incremental)
                            * settles and ends once caught up */
     bool existing, force; /* -n (write into an existing target), --force (replace it) */
