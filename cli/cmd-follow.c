@@ -1,8 +1,8 @@
 /* cmd-follow.c: `mirror-img follow --journal J SRC DST`, the live mirror: its options;
  * the engine is lib/sync.c (run through journal-run.c, shared with copy --incremental).
  *
- * The target mirrors the source file to file (a qcow2 source yields a byte-identical
- * qcow2 file).
+ * File mode mirrors the source file to file (a qcow2 source yields a byte-identical
+ * qcow2 file); disk mode mirrors the disk a qcow2 source holds (lib/sync.c).
  *
  *   start --> [full pass marked] --> drain --> READY (in sync) <--> writers dirty chunks
  *                                                  |
@@ -64,8 +64,9 @@ static const struct argp_child children[] = {{&common_argp, 0, NULL, 0}, {0}};
 static const struct argp follow_argp = {
     follow_options, follow_parse, "--journal J SRC DST",
     "Mirror SRC to DST while programs write SRC, until `mirror-img complete` or `cancel`.\v"
-    "Writers must run under `mirror-img run --journal J SRC -- CMD`.  DST gets SRC's "
-    "format (file to file); a local file or an NBD URI.  The control socket is J.sock "
+    "Writers must run under `mirror-img run --journal J SRC -- CMD`.  DST is a local file "
+    "or an NBD URI.  File mode copies SRC file to file; disk mode (a qcow2 SRC with -O raw, "
+    "into NBD, or with a backing chain) mirrors the disk it holds.  The control socket is J.sock "
     "unless --socket says otherwise.  Exit status: 0 completed, 1 failed, 2 usage error, "
     "3 cancelled.",
     children, NULL, NULL,
