@@ -216,6 +216,22 @@ static int reload_l1(struct qcow2 *q, uint64_t l1_offset, bool all, dirty_fn dir
     return 0;
 }
 
+/* Does the header h name another backing file than the one opened (rebase)? */
+static bool backing_changed(struct qcow2 *q, const uint8_t *h)
+{
+    uint64_t boff = mi_be64(h + QCOW2_HDR_BACKING_OFFSET);
+    uint32_t blen = mi_be32(h + QCOW2_HDR_BACKING_SIZE);
+    if ((boff != 0) != q->has_backing)
+        return true;
+    if (!boff)
+        return false;
+    char name[QCOW2_MAX_BACKING_NAME + 1];
+    if (blen > QCOW2_MAX_BACKING_NAME || mi_pread_full(q->fd, name, blen, boff) < 0)
+        return true;
+    name[blen] = '\0';
+    return strcmp(name, q->backing_name) != 0;
+}
+
 /* The header changed: what a guest sees must not (size, backing file, cluster size,
  * encryption); the L1 table may have moved. */
 static int reload_header(struct qcow2 *q, bool all, dirty_fn dirty, void *ctx)
@@ -228,8 +244,7 @@ static int reload_header(struct qcow2 *q, bool all, dirty_fn dirty, void *ctx)
         return mi_seterr(ENOTSUP, "%s: the virtual size changed while followed (%llu -> %llu "
                          "bytes): disk mode cannot follow a resize", q->ep.name,
                          (unsigned long long)q->size, (unsigned long long)mi_be64(h + QCOW2_HDR_SIZE));
-    if ((mi_be64(h + QCOW2_HDR_BACKING_OFFSET) != 0) != q->has_backing ||
-        mi_be32(h + QCOW2_HDR_CLUSTER_BITS) != q->cluster_bits ||
+    if (backing_changed(q, h) || mi_be32(h + QCOW2_HDR_CLUSTER_BITS) != q->cluster_bits ||
         mi_be32(h + QCOW2_HDR_CRYPT_METHOD) != q->crypt)
         return mi_seterr(ENOTSUP, "%s: the backing file, cluster size or encryption changed "
                          "while followed: disk mode cannot follow that", q->ep.name);

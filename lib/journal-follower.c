@@ -1081,7 +1081,9 @@ void mij_source_forget(struct mij *j) { MIJ_STORE(&j->h->seen_valid, 0); }
 void mij_target_get(struct mij *j, struct mij_target *t)
 {
     memset(t, 0, sizeof *t);
-    t->valid = MIJ_LOAD(&j->h->target_valid) != 0;
+    uint64_t v = MIJ_LOAD(&j->h->target_valid);
+    t->valid = v != 0;
+    t->kind = v == MIJ_TARGET_DISK ? MIJ_TARGET_DISK : MIJ_TARGET_FILE;
     snprintf(t->path, sizeof t->path, "%s", (const char *)j->base + MIJ_OFF_TARGET_PATH);
     t->dev = MIJ_LOAD(&j->h->target_dev);
     t->ino = MIJ_LOAD(&j->h->target_ino);
@@ -1091,6 +1093,11 @@ void mij_target_get(struct mij *j, struct mij_target *t)
 }
 
 uint64_t mij_target_set(struct mij *j, const char *path, const struct stat *st)
+{
+    return mij_target_set_kind(j, path, st, MIJ_TARGET_FILE);
+}
+
+uint64_t mij_target_set_kind(struct mij *j, const char *path, const struct stat *st, unsigned kind)
 {
     char *abs = realpath(path, NULL);
     char *dst = (char *)j->base + MIJ_OFF_TARGET_PATH;
@@ -1102,7 +1109,7 @@ uint64_t mij_target_set(struct mij *j, const char *path, const struct stat *st)
     MIJ_STORE(&j->h->target_size, (uint64_t)st->st_size);
     MIJ_STORE(&j->h->synced_ns, mij_clock(CLOCK_REALTIME));
     uint64_t g = __atomic_add_fetch(&j->h->sync_gen, 1, __ATOMIC_SEQ_CST);
-    MIJ_STORE(&j->h->target_valid, 1);
+    MIJ_STORE(&j->h->target_valid, kind == MIJ_TARGET_DISK ? MIJ_TARGET_DISK : MIJ_TARGET_FILE);
     return g;
 }
 

@@ -196,8 +196,12 @@ void mij_source_forget(struct mij *j);
 
 /* --- the recorded target (incremental replication) ----------------------------------- */
 
+/* What a recorded target holds (target_valid's value): the source file, or the disk a
+ * qcow2 source holds (follow's disk mode).  Journals before disk mode record 1. */
+enum { MIJ_TARGET_FILE = 1, MIJ_TARGET_DISK = 2 };
 struct mij_target {
     bool valid;
+    unsigned kind; /* MIJ_TARGET_FILE or MIJ_TARGET_DISK */
     char path[MIJ_PATH_MAX];
     uint64_t dev, ino, size, sync_gen, synced_ns;
 };
@@ -205,6 +209,8 @@ void mij_target_get(struct mij *j, struct mij_target *t);
 /* Record a successful sync to the target at path (st: its stat after the sync); bumps and
  * returns the sync generation. */
 uint64_t mij_target_set(struct mij *j, const char *path, const struct stat *st);
+/* The same, saying what the target holds (MIJ_TARGET_FILE or MIJ_TARGET_DISK). */
+uint64_t mij_target_set_kind(struct mij *j, const char *path, const struct stat *st, unsigned kind);
 void mij_target_forget(struct mij *j);
 
 /* --- observation ---------------------------------------------------------------------- */

@@ -759,7 +759,7 @@ static void record_target(struct sync *s)
     if (!s->dst_is_file || stat(s->c.dst, &st) == 0) {
         if (!s->dst_is_file)
             st.st_size = (off_t)s->dst->size;
-        mij_target_set(s->j, s->c.dst, &st);
+        mij_target_set_kind(s->j, s->c.dst, &st, s->disk ? MIJ_TARGET_DISK : MIJ_TARGET_FILE);
     }
 }
 
@@ -799,6 +799,8 @@ int sync_verify(struct sync *s)
 
 /* ---- set-up ---- */
 
+static unsigned want_kind(const struct sync *s) { return s->disk ? MIJ_TARGET_DISK : MIJ_TARGET_FILE; }
+
 /* An NBD target: written over unless it is the one this journal records. */
 static int open_nbd_target(struct sync *s, const struct mij_target *rec, bool *full, bool *all)
 {
@@ -807,7 +809,7 @@ static int open_nbd_target(struct sync *s, const struct mij_target *rec, bool *f
         return -EIO;
     if (s->dst->size < vsize(s))
         return mi_seterr(ENOSPC, "%s: the export is smaller than the source", s->c.dst);
-    bool same = rec->valid && !strcmp(rec->path, s->c.dst);
+    bool same = rec->valid && rec->kind == want_kind(s) && !strcmp(rec->path, s->c.dst);
     *full = !same || s->c.existing || s->c.force;
     *all = true;
     return 0;
@@ -826,9 +828,15 @@ static int open_target(struct sync *s, bool *full, bool *all)
     bool exists = stat(dst, &st) == 0;
     if (exists && mi_same_file(dst, s->c.src))
         return mi_seterr(EINVAL, "%s: is the source; refusing to overwrite it", dst);
-    bool recorded = exists && rec.valid && rec.dev == (uint64_t)st.st_dev &&
+    bool recorded = exists && rec.valid && rec.kind == want_kind(s) && rec.dev == (uint64_t)st.st_dev &&
                     rec.ino == (uint64_t)st.st_ino;
     s->dst_is_file = true;
+    bool same_file = exists && rec.valid && rec.dev == (uint64_t)st.st_dev && rec.ino == (uint64_t)st.st_ino;
+    if (same_file && !recorded && !s->c.existing && !s->c.force)
+        return mi_seterr(EEXIST, "%s: this journal records it as a copy of the %s, and this run "
+                         "mirrors the %s (%s mode): use -n to write it over, or --force to "
+                         "replace it", dst, rec.kind == MIJ_TARGET_DISK ? "disk" : "file",
+                         s->disk ? "disk" : "file", s->disk ? "disk" : "file");
     if (exists && !recorded && !s->c.existing && !s->c.force)
         return mi_seterr(EEXIST, "%s: already exists and this journal does not record it as its "
                          "target (use -n to write into it, or --force to replace it)", dst);
