@@ -50,6 +50,7 @@ struct sync {
     void *user_arg;
     /* disk mode (a qcow2 source mirrored as the disk it holds, see disk_take) */
     bool disk;
+    const char *tfmt;         /* the target's format: "raw" or "qcow2" (a flat image) */
     struct ep *gsrc;          /* the source as a guest sees it (live qcow2 reader) */
     pthread_mutex_t gmu;      /* the guest bitmaps */
     struct bitmap gdirty, gcopying;
@@ -840,15 +841,20 @@ static int open_target(struct sync *s, bool *full, bool *all)
     if (exists && !recorded && !s->c.existing && !s->c.force)
         return mi_seterr(EEXIST, "%s: already exists and this journal does not record it as its "
                          "target (use -n to write into it, or --force to replace it)", dst);
+    const char *tfmt = s->tfmt ? s->tfmt : "raw";
+    if (exists && recorded && !s->c.force && !strcmp(tfmt, "qcow2"))
+        return mi_seterr(ENOTSUP, "%s: resuming into a qcow2 target is not supported yet (the "
+                         "image is written at the end of a run and cannot be reopened): use "
+                         "--force to replace it (a full pass), or -O raw", dst);
     if (exists && !s->c.force) {
-        s->dst = ep_open(dst, &(struct ep_open_opts){.format = "raw"}, true);
+        s->dst = ep_open(dst, &(struct ep_open_opts){.format = tfmt}, true);
         if (!s->dst)
             return -EIO;
         *full = !recorded || s->c.existing;
         *all = true;
         return ep_resize(s->dst, vsize(s)) < 0 && s->dst->size < vsize(s) ? -ENOSPC : 0;
     }
-    struct ep_create_opts c = {.format = "raw", .size = vsize(s), .force = s->c.force};
+    struct ep_create_opts c = {.format = tfmt, .size = vsize(s), .force = s->c.force};
     if (!(s->dst = ep_create(dst, &c)))
         return -EIO;
     *full = true;
@@ -882,10 +888,7 @@ static int open_disk(struct sync *s)
     bool other = ep_is_nbd_uri(c->dst) || (c->dst_fmt && strcmp(c->dst_fmt, "qcow2"));
     if (!other && !si.backing_file[0])
         return 0; /* file mode: the target is the same qcow2 file */
-    if (!other)
-        return mi_seterr(ENOTSUP, "%s: has a backing file (%s): follow flattens the chain in "
-                         "disk mode, into a raw file or device (-O raw) or an NBD export; a "
-                         "qcow2 target is not supported in disk mode yet", c->src, si.backing_file);
+    s->tfmt = other ? "raw" : "qcow2"; /* a chain flattened into a qcow2 of its own */
     s->gsrc = ep_open(c->src, &(struct ep_open_opts){.format = "qcow2", .live = true}, false);
     if (!s->gsrc)
         return -EIO;

@@ -542,7 +542,7 @@ WRITES2=(-c 'write -P 0x41 1536M 64k'
     cmp "$SRC" "$DST" || fail "complete exited 0 but $DST is not the qcow2 file"
 }
 
-@test "disk mode refusals: complete --pivot (follow goes on), a qcow2 target, -O qcow2 of raw" {
+@test "disk mode refusals: complete --pivot (follow goes on), -O qcow2 of a raw source" {
     chain
     start_follow -O raw
     run "$MI" complete --pivot "$J.sock"
@@ -555,29 +555,43 @@ WRITES2=(-c 'write -P 0x41 1536M 64k'
     raw_same
     grep -q '"pivot": false' "$T/events"
 
-    # a backing chain into a qcow2 target without -O: no byte-identical copy is possible
-    rm -f "$J" "$J.sock"
-    run "$MI" follow --journal "$J" "$SRC" "$T/dst.qcow2"
-    assert_failure 1
-    assert_output --partial "disk mode"
-    assert_output --partial "backing file"
-    [ ! -e "$T/dst.qcow2" ]
-    run "$MI" follow --journal "$J" -O qcow2 "$SRC" "$T/dst2.qcow2"
-    assert_failure 1
-    assert_output --partial "disk mode"
-    [ ! -e "$T/dst2.qcow2" ]
-    # the refusal left the journal usable
-    DST=$T/dst3.raw
-    start_follow -O raw
-    finish
-    raw_same
-
     # a raw source asked to become qcow2: a usage error
     truncate -s 8M "$T/src.raw"
     run "$MI" follow --journal "$T/j2" -O qcow2 "$T/src.raw" "$T/x.qcow2"
     assert_failure 2
     assert_output --partial "converting to qcow2 this way is not possible"
     [ ! -e "$T/x.qcow2" ]
+}
+
+@test "a backing chain followed into a .qcow2 target (no -O, or -O qcow2) becomes a flat qcow2; its resume is refused, --force replaces it" {
+    chain
+    for opt in "" "-O qcow2"; do
+        rm -f "$J" "$J.sock" "$T/events"
+        DST=$T/flat.qcow2
+        rm -f "$DST"
+        # shellcheck disable=SC2086
+        start_follow $opt
+        [ "$(status_field mode)" = disk ]
+        qio -c 'write -P 0x31 8M 64k' -c 'write -z 2M 64k' -c 'discard 4M 64k' \
+            -c 'write -P 0x32 1536M 64k'
+        finish
+        run qemu-img compare "$SRC" "$DST"
+        assert_success
+        run qemu-img check "$DST"
+        assert_success
+        run qemu-img info --output=json "$DST"
+        refute_output --partial backing-filename
+        # the qcow2 target is written at the end of a run: it cannot be reopened yet
+        run "$MI" follow --journal "$J" $opt "$SRC" "$DST"
+        assert_failure 1
+        assert_output --partial "resuming into a qcow2 target is not supported yet"
+    done
+    # --force replaces it with a full pass
+    qio -c 'write -P 0x41 9M 64k'
+    start_follow --force
+    finish
+    run qemu-img compare "$SRC" "$DST"
+    assert_success
 }
 
 @test "file mode unchanged: a qcow2 without backing into a .qcow2 target stays byte-identical" {
