@@ -40,7 +40,7 @@ static int parse_duration_ms(const char *s, uint64_t *ms)
         *ms = (uint64_t)(v * 1000);
     else
         return -1;
-    return *ms >= 10 && *ms <= 3600 * 1000 ? 0 : -1;
+    return *ms >= 200 && *ms <= 3600 * 1000 ? 0 : -1; /* renewed every 100 ms */
 }
 
 static error_t follow_parse(int key, char *arg, struct argp_state *st)
@@ -52,7 +52,7 @@ static error_t follow_parse(int key, char *arg, struct argp_state *st)
         break;
     case OPT_LEASE:
         if (parse_duration_ms(arg, &o->lease_ms) < 0)
-            argp_error(st, "--lease: '%s' is not a duration from 10ms to 1h (e.g. 2s, 500ms)", arg);
+            argp_error(st, "--lease: '%s' is not a duration from 200ms to 1h (e.g. 2s, 500ms)", arg);
         break;
     case OPT_AUTO_CONVERGE: o->auto_converge = true; break;
     default: return ARGP_ERR_UNKNOWN;

@@ -31,6 +31,7 @@ struct sync {
     struct job_supply supply;
     const char *full_reason;
     char why[300];
+    pthread_mutex_t renew_mu; /* one lease renewal at a time */
     pthread_mutex_t size_mu; /* one size change at a time (a worker's take, the tick) */
     pthread_mutex_t mu;      /* the members below read by the control thread */
     bool completing, ready, in_sync;
@@ -87,12 +88,18 @@ static int follow_size(struct sync *s)
     struct stat st;
     if (s->disk) /* the disk's size is fixed: a resize fails the translation */
         return 0;
-    if (fstat(s->src_fd, &st) < 0)
-        return mi_seterr(errno, "%s: %s", s->c.src, strerror(errno));
-    uint64_t size = S_ISREG(st.st_mode) ? (uint64_t)st.st_size : s->src->size;
-    if (size == job_size(&s->job))
-        return 0;
+    /* Under the lock from the fstat on: a size read before another thread's change must
+     * not undo it (a target shrunk back under a chunk just copied past the old end). */
     pthread_mutex_lock(&s->size_mu);
+    if (fstat(s->src_fd, &st) < 0) {
+        pthread_mutex_unlock(&s->size_mu);
+        return mi_seterr(errno, "%s: %s", s->c.src, strerror(errno));
+    }
+    uint64_t size = S_ISREG(st.st_mode) ? (uint64_t)st.st_size : s->src->size;
+    if (size == job_size(&s->job)) {
+        pthread_mutex_unlock(&s->size_mu);
+        return 0;
+    }
     int r = 0;
     if (s->dst->ops->resize)
         r = ep_resize(s->dst, size);
@@ -284,9 +291,11 @@ static void full_pass_again(struct sync *s, uint64_t mask)
  * writers go, so a quiesce in progress no longer holds: remember it for complete. */
 static int renew(struct sync *s)
 {
+    pthread_mutex_lock(&s->renew_mu); /* the tick and a complete both renew */
     if (mij_lease_renew(s->j) == -ETIME || mij_lease_lapsed(s->j))
         set_flag(&s->lease_lapsed, true);
-    if (flag(&s->lease_lapsed) && s->completing)
+    pthread_mutex_unlock(&s->renew_mu);
+    if (flag(&s->lease_lapsed) && flag(&s->completing))
         return mi_seterr(ETIME, "%s: the follower's lease ran out during complete (was it "
                          "stopped?) and the writers went on: try complete again", s->c.journal);
     return 0;
@@ -449,6 +458,11 @@ static int settle(struct sync *s, bool pivot)
     int r = mij_quiesce_begin(s->j, 5000000000ULL, &qi);
     if (r < 0)
         return r;
+    /* A renew that ran before the quiesce saw the last lapse: only what the journal saw
+     * since the quiesce began counts. */
+    pthread_mutex_lock(&s->renew_mu);
+    set_flag(&s->lease_lapsed, mij_lease_lapsed(s->j));
+    pthread_mutex_unlock(&s->renew_mu);
     /* A writer found dead inside a write, now (qi.died) or by the follower since its last
      * tick (the untrusted bit, its in-flight mark already reaped). */
     uint64_t transient = mij_untrusted(s->j) & MIJ_U_TRANSIENT & ~MIJ_U_BIT(MIJ_U_BYPASS);
@@ -479,7 +493,7 @@ int sync_complete(struct sync *s, bool pivot, char *desc, size_t dsize)
         snprintf(desc, dsize, "%s: --pivot needs a local file target", s->dst->name);
         return -1;
     }
-    if (!s->ready) {
+    if (!flag(&s->ready)) {
         snprintf(desc, dsize, "%s: not ready yet (the first pass is still running)", s->dst->name);
         return -1;
     }
@@ -789,6 +803,10 @@ int sync_verify(struct sync *s)
     int r = compare_images(s->disk ? s->gsrc : s->src, s->dst, &o, &res);
     if (r < 0)
         return r;
+    if (res.verdict != CMP_SAME) { /* the next run must not trust this target: all again */
+        mij_mark_range(s->j, 0, vsize(s));
+        mij_source_forget(s->j);
+    }
     if (res.verdict == CMP_DIFFER)
         return mi_seterr(EIO, "%s: verification failed: differs from the source in the chunk "
                          "at offset %llu", s->dst->name,
@@ -978,7 +996,7 @@ static int open_all(struct sync *s)
     /* Transient reasons (a writer died inside a write...) are cured by a full pass; the
      * others say a writer keeps writing behind the journal's back. */
     uint64_t u = mij_untrusted(s->j) & ~MIJ_U_BIT(MIJ_U_BYPASS) & ~MIJ_U_TRANSIENT;
-    if (u && s->c.live) {
+    if (u) { /* a full pass cannot cure these: settling would refuse it after copying */
         char names[256];
         return mi_seterr(EIO, "%s: journal untrusted: %s (`mirror-img journal reset %s` after "
                          "dealing with it)", s->c.journal, mij_reasons_str(u, names, sizeof names),
@@ -1006,6 +1024,7 @@ int sync_open(const struct sync_config *c, struct sync **out)
     pthread_mutex_init(&s->mu, NULL);
     pthread_mutex_init(&s->size_mu, NULL);
     pthread_mutex_init(&s->gmu, NULL);
+    pthread_mutex_init(&s->renew_mu, NULL);
     return open_all(s);
 }
 
@@ -1026,6 +1045,7 @@ int sync_close(struct sync *s)
     bitmap_free(&s->gdirty);
     bitmap_free(&s->gcopying);
     pthread_mutex_destroy(&s->gmu);
+    pthread_mutex_destroy(&s->renew_mu);
     if (s->src_fd >= 0)
         close(s->src_fd);
     if (s->j) {

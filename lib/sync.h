@@ -52,8 +52,8 @@ struct sync_config {
 
 struct sync;
 
-/* Set up as above.  follow (live) refuses an untrusted journal; an incremental copy makes
- * it a full pass.  Returns 0 or -errno with a message; *out is set in both cases (give it
+/* Set up as above.  A journal untrusted for a reason a full pass cannot cure (a writer
+ * keeps writing behind its back) is refused; the other reasons make a full pass.  Returns 0 or -errno with a message; *out is set in both cases (give it
  * to sync_close). */
 int sync_open(const struct sync_config *c, struct sync **out);
 /* The job (for the control socket and progress); NULL before sync_open made it. */

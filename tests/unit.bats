@@ -17,3 +17,5 @@ unit() {
 @test "unit: qcow2 writer" { unit test-qcow2-create; }
 @test "unit: L2 decoding" { unit test-l2; }
 @test "unit: block-status comparer" { unit test-compare; }
+@test "unit: sync engine (full pass, resume, growth, bypass, lease, pivot, refusals)" { unit test-sync; }
+@test "unit: journal" { unit test-journal; }
