@@ -58,11 +58,15 @@ struct sync {
     uint64_t gchunk;
     bool conservative;        /* the next translation knows nothing of the target */
     char disk_err[512];       /* a translation failed: the tick fails the job */
+    /* the backing chain's files, which no journal tracks: they must not change */
+    struct backing_file { char path[4096]; struct stat st; } *chain;
+    unsigned nchain;
 };
 
 /* What the target mirrors: the file, or in disk mode the disk. */
 static uint64_t vsize(const struct sync *s) { return s->disk ? s->gsrc->size : s->src->size; }
 
+static int check_chain(struct sync *s);
 static void notice(struct sync *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void notice(struct sync *s, const char *fmt, ...)
 {
@@ -429,6 +433,8 @@ static int settle_held(struct sync *s, bool pivot, const struct mij_quiesce_info
         r = s->dst->ops->flush(s->dst);
     if (r == 0)
         r = check_path(s);
+    if (r == 0)
+        r = check_chain(s);
     /* A write behind the shim since the last record (no shim write can run now).  Stores
      * through shared mappings change the file's times without a call: not with those. */
     if (r == 0 && !qi->marked && mij_source_check(s->j, s->src_fd) == MIJ_SRC_CHANGED)
@@ -638,7 +644,7 @@ static void tick_live(struct sync *s)
     pthread_mutex_unlock(&s->mu);
     if (completing)
         return;
-    if (mij_check_alive(s->j) < 0 || check_path(s) < 0 || follow_size(s) < 0) {
+    if (mij_check_alive(s->j) < 0 || check_path(s) < 0 || follow_size(s) < 0 || check_chain(s) < 0) {
         job_fail(job, -EIO, mi_lasterr());
         return;
     }
@@ -670,7 +676,7 @@ static void tick_incremental(struct sync *s)
     struct job *job = &s->job;
     if (s->settled)
         return;
-    if (renew(s) < 0 || follow_size(s) < 0 || mij_check_alive(s->j) < 0) {
+    if (renew(s) < 0 || follow_size(s) < 0 || mij_check_alive(s->j) < 0 || check_chain(s) < 0) {
         job_fail(job, -EIO, mi_lasterr());
         return;
     }
@@ -880,6 +886,52 @@ static int open_target(struct sync *s, bool *full, bool *all)
     return 0;
 }
 
+/* Remember the backing chain's files (from the top's backing file down). */
+static int record_chain(struct sync *s, const char *first)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s", first);
+    for (unsigned depth = 0; path[0] && depth < 64; depth++) {
+        struct backing_file *c = realloc(s->chain, (s->nchain + 1) * sizeof *c);
+        if (!c)
+            return mi_seterr(ENOMEM, "out of memory");
+        s->chain = c;
+        c = &s->chain[s->nchain++];
+        snprintf(c->path, sizeof c->path, "%s", path);
+        if (stat(path, &c->st) < 0)
+            return mi_seterr(errno, "%s: %s", path, strerror(errno));
+        const char *fmt = ep_probe(path);
+        if (!fmt || strcmp(fmt, "qcow2"))
+            break;
+        struct ep_info si;
+        struct ep *e = ep_open(path, &(struct ep_open_opts){.format = fmt, .top_only = true}, false);
+        if (!e || ep_get_info(e, &si, false) < 0) {
+            ep_close(e);
+            return -EIO;
+        }
+        ep_close(e);
+        snprintf(path, sizeof path, "%s", si.backing_path);
+    }
+    return 0;
+}
+
+/* The backing files a guest reads through (no journal tracks them, no writer should
+ * write them) are as they were: 0, or -ESTALE with a message naming the one that changed. */
+static int check_chain(struct sync *s)
+{
+    for (unsigned i = 0; i < s->nchain; i++) {
+        struct stat st, *b = &s->chain[i].st;
+        if (stat(s->chain[i].path, &st) < 0 || st.st_dev != b->st_dev || st.st_ino != b->st_ino ||
+            st.st_size != b->st_size || st.st_mtim.tv_sec != b->st_mtim.tv_sec ||
+            st.st_mtim.tv_nsec != b->st_mtim.tv_nsec || st.st_ctim.tv_sec != b->st_ctim.tv_sec ||
+            st.st_ctim.tv_nsec != b->st_ctim.tv_nsec)
+            return mi_seterr(ESTALE, "%s: the backing file %s changed while followed (written, "
+                             "replaced or committed into): no journal tracks it, so the target "
+                             "cannot follow", s->c.src, s->chain[i].path);
+    }
+    return 0;
+}
+
 /* Disk mode, whenever the target cannot be a byte-identical copy of the file: a qcow2
  * source into another format (-O raw, an NBD export) or with a backing chain (sync full
  * flattens it).  The job then reads the source through a live qcow2 reader. */
@@ -907,6 +959,8 @@ static int open_disk(struct sync *s)
     if (!other && !si.backing_file[0])
         return 0; /* file mode: the target is the same qcow2 file */
     s->tfmt = other ? "raw" : "qcow2"; /* a chain flattened into a qcow2 of its own */
+    if (si.backing_file[0] && record_chain(s, si.backing_path) < 0)
+        return -EIO;
     s->gsrc = ep_open(c->src, &(struct ep_open_opts){.format = "qcow2", .live = true}, false);
     if (!s->gsrc)
         return -EIO;
@@ -1044,6 +1098,7 @@ int sync_close(struct sync *s)
     ep_close(s->gsrc);
     bitmap_free(&s->gdirty);
     bitmap_free(&s->gcopying);
+    free(s->chain);
     pthread_mutex_destroy(&s->gmu);
     pthread_mutex_destroy(&s->renew_mu);
     if (s->src_fd >= 0)

@@ -617,3 +617,16 @@ WRITES2=(-c 'write -P 0x41 1536M 64k'
     finish
     cmp "$SRC" "$DST"
 }
+
+@test "a write into the backing file while followed (no journal tracks it) fails follow, naming the file" {
+    small_chain
+    start_follow -O raw
+    # qemu-io on the base itself, as a commit into it would write: not tracked by any journal
+    qio_plain "$T/base.qcow2" -c 'write -P 0x55 20M 64k'
+    local st=0
+    wait_exit "$FOLLOW" 10 || st=$?
+    [ "$st" -eq 1 ] || { cat "$T/follow.err"; fail "follow exited $st, not 1"; }
+    grep -q "the backing file $T/base.qcow2 changed while followed" "$T/follow.err" ||
+        { cat "$T/follow.err"; fail "no message naming the backing file"; }
+    ! grep -q BLOCK_JOB_COMPLETED "$T/events" || fail "a job whose backing file changed completed"
+}
