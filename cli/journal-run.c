@@ -23,9 +23,9 @@ int mi_opts_check_journal(struct mi_opts *o)
         return cli_usage(sub, "expected SRC and DST");
     if (!o->journal)
         return cli_usage(sub, "--journal J is required");
-    if (o->sync_top || o->compress || o->create.cluster_size || o->create.preallocation ||
+    if (o->compress || o->create.cluster_size || o->create.preallocation ||
         o->create.compression_type)
-        return cli_usage(sub, "the journal mirrors the file as it is: -c, -o and --sync=top do not apply");
+        return cli_usage(sub, "the journal mirrors the image as it is: -c and -o do not apply");
     if (ep_is_nbd_uri(o->args[0]))
         return cli_usage(sub, "the source must be a local file (the shim journals it)");
     if (o->src_fmt || o->dst_fmt) {
@@ -111,7 +111,8 @@ int mi_run_journal(struct mi_opts *o, bool live)
     struct sync_config c = {
         .journal = o->journal, .src = o->args[0], .dst = o->args[1], .dst_fmt = o->dst_fmt,
         .live = live,
-        .existing = o->existing, .force = o->force, .granularity = o->granularity,
+        .existing = o->existing, .force = o->force, .sync_top = o->sync_top,
+        .granularity = o->granularity,
         .lease_ms = o->lease_ms, .auto_converge = o->auto_converge, .buf_size = o->buf_size,
         .speed = o->speed, .threads = o->threads, .on_source_error = o->on_source_error,
         .on_target_error = o->on_target_error, .notice = notice_line, .ctx = o,

@@ -265,6 +265,8 @@ void job_set_ready(struct job *job, void (*fn)(struct json *j, void *arg), void 
     job_event(job, "BLOCK_JOB_READY", fn, arg);
 }
 
+void job_set_top_fill(struct job *job) { __atomic_store_n(&job->top_fill, true, __ATOMIC_RELAXED); }
+
 unsigned job_error_pauses(struct job *job, bool *on_target, char *msg, size_t size)
 {
     pthread_mutex_lock(&job->lock);
@@ -305,6 +307,8 @@ static int classify(struct job *job, uint64_t off, uint64_t len, uint8_t *cls)
         if (n == 0 || n > end - pos)
             n = end - pos;
         int c = kind == EP_DATA ? U_DATA : kind == EP_ZERO ? U_ZERO : U_UNALLOC;
+        if (c == U_UNALLOC && __atomic_load_n(&job->top_fill, __ATOMIC_RELAXED))
+            c = U_DATA; /* pread reads the backing chain there */
         /* A unit takes the strongest kind of anything inside it: data > zero > unallocated. */
         uint64_t u0 = (pos - off) / job->unit, u1 = (pos + n - 1 - off) / job->unit;
         for (uint64_t u = u0; u <= u1; u++)

@@ -103,6 +103,8 @@ struct job {
     /* Seeding in its own thread (seed_async): chunks below `seeded` are final in the
      * bitmap; the workers take none above it while `seeding`.  Under lock. */
     bool seeding, seed_started;
+    bool top_fill;          /* sync_top: unallocated units are read through the chain and
+                             * written too (the target may hold an older allocation) */
     uint64_t seeded;
     pthread_t seed_thread;
     int status;
@@ -184,6 +186,9 @@ static inline uint64_t job_size(struct job *job) { return __atomic_load_n(&job->
 void job_set_remaining(struct job *job, uint64_t remaining);
 /* In sync for the first time (follow): status ready and BLOCK_JOB_READY with fn's members. */
 void job_set_ready(struct job *job, void (*fn)(struct json *j, void *arg), void *arg);
+/* sync_top from now on copies what the chain reads in the top's unallocated ranges too
+ * (follow: a range that became unallocated must not keep the target's old data). */
+void job_set_top_fill(struct job *job);
 /* The job's pauses on an error so far (stop, enospc policies); the last one's side and
  * message go to *on_target and msg. */
 unsigned job_error_pauses(struct job *job, bool *on_target, char *msg, size_t size);

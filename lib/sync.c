@@ -4,6 +4,7 @@
  * set-up and resume. */
 #include "sync.h"
 #include "bitmap.h"
+#include "target.h"
 #include "compare.h"
 #include "journal.h"
 #include "util.h"
@@ -52,6 +53,9 @@ struct sync {
     /* disk mode (a qcow2 source mirrored as the disk it holds, see disk_take) */
     bool disk;
     const char *tfmt;         /* the target's format: "raw" or "qcow2" (a flat image) */
+    bool top;                 /* --sync=top: a new overlay naming the source's backing file */
+    unsigned epochs;          /* translations so far */
+    char backing[4096], backing_fmt[32]; /* the overlay's backing name and format */
     struct ep *gsrc;          /* the source as a guest sees it (live qcow2 reader) */
     pthread_mutex_t gmu;      /* the guest bitmaps */
     struct bitmap gdirty, gcopying;
@@ -205,6 +209,11 @@ static void translate(struct sync *s)
     uint64_t first, n, g = mij_granularity(s->j), cur = 0;
     while ((n = mij_next_run(s->j, true, 0, &first)))
         mij_done(s->j, first, n);
+    /* --sync=top: the first pass leaves unallocated ranges to the backing file (the
+     * target is new); after it, a range may have become unallocated over an older
+     * allocation of the target's: copy what the chain reads there. */
+    if (s->top && s->epochs++ > 0)
+        job_set_top_fill(&s->job);
     bool all = __atomic_exchange_n(&s->conservative, false, __ATOMIC_SEQ_CST);
     while ((n = mij_take(s->j, cur, 1ULL << 20, &first))) {
         if (ep_refresh(s->gsrc, first * g, n * g, all, guest_dirty, s) < 0) {
@@ -879,6 +888,10 @@ static int open_target(struct sync *s, bool *full, bool *all)
         return ep_resize(s->dst, vsize(s)) < 0 && s->dst->size < vsize(s) ? -ENOSPC : 0;
     }
     struct ep_create_opts c = {.format = tfmt, .size = vsize(s), .force = s->c.force};
+    if (s->top) {
+        c.backing_file = s->backing;
+        c.backing_format = s->backing_fmt[0] ? s->backing_fmt : NULL;
+    }
     if (!(s->dst = ep_create(dst, &c)))
         return -EIO;
     *full = true;
@@ -959,6 +972,15 @@ static int open_disk(struct sync *s)
     if (!other && !si.backing_file[0])
         return 0; /* file mode: the target is the same qcow2 file */
     s->tfmt = other ? "raw" : "qcow2"; /* a chain flattened into a qcow2 of its own */
+    if (c->sync_top && other)
+        return mi_seterr(EINVAL, "%s: --sync=top needs a qcow2 target (a raw target or an NBD "
+                         "export cannot name a backing file)", c->dst);
+    if (c->sync_top) {
+        s->top = true;
+        if (target_backing_name(&si, c->src, c->dst, s->backing, sizeof s->backing) < 0)
+            return -EIO;
+        snprintf(s->backing_fmt, sizeof s->backing_fmt, "%s", si.backing_format);
+    }
     if (si.backing_file[0] && record_chain(s, si.backing_path) < 0)
         return -EIO;
     s->gsrc = ep_open(c->src, &(struct ep_open_opts){.format = "qcow2", .live = true}, false);
@@ -1032,6 +1054,7 @@ static int make_job(struct sync *s)
         .speed = c->speed, .on_source_error = c->on_source_error,
         .on_target_error = c->on_target_error, .no_seed = true, .supply = &s->supply,
         .zero_always = true, /* writers punch holes: zero ranges are always written */
+        .sync_top = s->top,
         .extra = c->live ? live_members : NULL, .extra_ctx = s,
     };
     if (job_init(&s->job, &jc) < 0)

@@ -37,6 +37,8 @@ struct sync_config {
     bool live;            /* follow: mirrors until sync_complete; else (copy --incremental)
                            * settles and ends once caught up */
     bool existing, force; /* -n (write into an existing target), --force (replace it) */
+    bool sync_top;        /* disk mode: a new qcow2 overlay of the source's top layer,
+                           * naming its backing file (a source without one: file mode) */
     uint64_t granularity; /* a new journal's chunk size (0: the journal's default) */
     uint64_t lease_ms;    /* how long writers wait for a follower that stopped answering */
     bool auto_converge;   /* slow writers down while they dirty faster than we copy */

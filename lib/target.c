@@ -24,8 +24,8 @@ static const char *target_format(const struct target_opts *o, const struct ep *s
 /* The backing name a --sync=top target records, as QEMU's absolute-paths mode does: the
  * backing file's absolute path, or the source's own relative name where it still names
  * the same file from the target's directory (a relative name resolves from there). */
-static int backing_for_target(const struct ep_info *si, const char *src, const char *dst,
-                              char *out, size_t size)
+int target_backing_name(const struct ep_info *si, const char *src, const char *dst,
+                        char *out, size_t size)
 {
     char d[PATH_MAX], rel[PATH_MAX * 2], abs[PATH_MAX];
     snprintf(d, sizeof d, "%s", dst);
@@ -72,7 +72,7 @@ static int create_new(const struct target_opts *o, const char *fmt, struct ep *s
     }
     c.force = o->force;
     if (o->sync_top && si->backing_file[0]) {
-        if (backing_for_target(si, o->src, dst, backing, sizeof backing) < 0)
+        if (target_backing_name(si, o->src, dst, backing, sizeof backing) < 0)
             return -EINVAL;
         c.backing_file = backing;
         c.backing_format = si->backing_format[0] ? si->backing_format : NULL;

@@ -23,6 +23,12 @@ struct target {
     uint64_t rounded_from;  /* a qcow2's size rounded up to 512 from this (0: not) */
 };
 
+/* The backing name a --sync=top target of src records (si: src's info), as QEMU's
+ * absolute-paths mode does: the backing file's absolute path, or src's own relative name
+ * where it still names the same file from dst's directory.  0 or -errno. */
+int target_backing_name(const struct ep_info *si, const char *src, const char *dst,
+                        char *out, size_t size);
+
 /* Open or create the target for src (si: its info).  Returns 0 or -errno with a message. */
 int target_open(const struct target_opts *o, struct ep *src, const struct ep_info *si, struct target *t);
 

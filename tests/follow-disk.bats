@@ -630,3 +630,49 @@ WRITES2=(-c 'write -P 0x41 1536M 64k'
         { cat "$T/follow.err"; fail "no message naming the backing file"; }
     ! grep -q BLOCK_JOB_COMPLETED "$T/events" || fail "a job whose backing file changed completed"
 }
+
+@test "follow --sync=top into another directory: a new overlay naming the backing file by a name that resolves there" {
+    mkdir -p "$T/a" "$T/b"
+    qemu-img create -q -f qcow2 "$T/a/base.qcow2" 64M
+    qio_plain "$T/a/base.qcow2" -c 'write -P 0x11 0 8M' -c 'write -P 0x12 20M 1M'
+    (cd "$T/a" && qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2)
+    SRC=$T/a/top.qcow2
+    qio_plain "$SRC" -c 'write -P 0x21 2M 1M'
+    cd "$T"
+    DST=b/st.qcow2
+    start_follow --sync=top
+    [ "$(status_field mode)" = disk ]
+    # over backing data, zeros over backing data, a discard of top data, new data
+    qio -c 'write -P 0x31 4M 64k' -c 'write -z 6M 128k' -c 'discard 2M 64k' \
+        -c 'write -P 0x32 40M 1M'
+    finish
+    run qemu-img compare "$SRC" "$DST"
+    assert_success
+    run qemu-img check "$DST"
+    assert_success
+    run qemu-img info --output=json "$DST"
+    assert_output --partial "\"backing-filename\": \"$(realpath "$T/a/base.qcow2")\""
+    # only the top layer is in the overlay: the base's untouched data is not copied
+    run qemu-img map --output=json "$DST"
+    python3 -c '
+import json, sys
+m = json.loads(sys.argv[1])
+at0 = [e for e in m if e["start"] == 0][0]
+sys.exit(0 if at0["depth"] == 1 else 1)' "$output" || fail "offset 0 was copied into the overlay: $output"
+}
+
+@test "follow --sync=top: a cluster that becomes unallocated again (snapshot revert) shows the backing data" {
+    small_chain
+    qemu-img snapshot -c before "$SRC"
+    DST=$T/st.qcow2
+    start_follow --sync=top
+    # allocate clusters over the base's data, then revert: they are unallocated again
+    qio -c 'write -P 0x31 0 128k' -c 'write -P 0x32 20M 64k' -c 'write -P 0x33 2M 64k'
+    wait_in_sync
+    under qemu-img snapshot -a before "$SRC"
+    finish
+    run qemu-img compare "$SRC" "$DST"
+    assert_success
+    run qemu-img check "$DST"
+    assert_success
+}

@@ -146,6 +146,10 @@ def tool_cmd(tool, src, sfmt, dst, dfmt, durable, mi):
     (mirror-img always does), so all of them do the same work."""
     if tool == "mirror-img":
         return [mi, "copy", "-q", "-f", sfmt, "-O", dfmt, src, dst]
+    if tool == "baseline":
+        if not BASELINE.get("bin"):
+            return None
+        return [BASELINE["bin"], "copy", "-q", "-f", sfmt, "-O", dfmt, src, dst]
     if tool == "qemu-img":
         t = ["-t", "writeback"] if durable else []  # qemu-img's default (unsafe) never flushes
         return ["qemu-img", "convert", "-W", "-m", "16", *t, "-f", sfmt, "-O", dfmt, src, dst]
@@ -218,13 +222,15 @@ def verify(src, sfmt, dst, dfmt):
             raise SystemExit(f"bench: {dst}: qemu-img check failed: {p.stdout.decode()}")
 
 
-TOOLS = ["mirror-img", "nbdcopy", "qemu-img", "cp", "floor", "floor+read"]
+TOOLS = ["mirror-img", "baseline", "nbdcopy", "qemu-img", "cp", "floor", "floor+read"]
+# --baseline: an earlier mirror-img binary run in the same rounds (before/after a change)
+BASELINE = {}
 # floor (tests/bench/floor.c): not a peer but the bound under every tool: one thread
 # writing the same non-zero bytes into a new file from memory, reading nothing.
 # floor+read: the same while a second thread reads those runs from the source, as every
 # copy must (the least a copy can take on this machine).
 FLOOR = {"bin": None, "layouts": {}}
-NOT_PEERS = ("mirror-img", "floor", "floor+read")
+NOT_PEERS = ("mirror-img", "baseline", "floor", "floor+read")
 
 
 def run_case(case, args, tf):
@@ -424,7 +430,9 @@ def main():
     ap.add_argument("--only", default="", help="comma-separated case names (default: all)")
     ap.add_argument("--floor", default="", help="the floor program (tests/bench/floor.c)")
     ap.add_argument("--follow-script", default="", help="script printing the follow figures")
+    ap.add_argument("--baseline", default="", help="an earlier mirror-img, timed in the same rounds")
     args = ap.parse_args()
+    BASELINE["bin"] = args.baseline or None
     t_start = time.time()
     os.makedirs(args.out, exist_ok=True)
     print(f"bench: generating images in {args.tmpfs}" + (f" and {args.disk}" if args.disk else ""),
@@ -435,10 +443,10 @@ def main():
     FLOOR["layouts"] = {img["raw"]: img["layout"]}
     if "disk-raw" in img:
         FLOOR["layouts"][img["disk-raw"]] = img["layout"]
-    all4, qi = TOOLS, ["mirror-img", "qemu-img"]
+    all4, qi = TOOLS, ["mirror-img", "baseline", "qemu-img"]
     cases = [
         ("raw->raw", "tmpfs", img["raw"], "raw", "raw", all4),
-        ("qcow2->raw", "tmpfs", img["qcow2"], "qcow2", "raw", ["mirror-img", "nbdcopy", "qemu-img"]),
+        ("qcow2->raw", "tmpfs", img["qcow2"], "qcow2", "raw", ["mirror-img", "baseline", "nbdcopy", "qemu-img"]),
         ("raw->qcow2", "tmpfs", img["raw"], "raw", "qcow2", qi),
         ("qcow2->qcow2", "tmpfs", img["qcow2"], "qcow2", "qcow2", qi),
         ("256G-sparse->raw", "tmpfs", img["sparse"], "qcow2", "raw", qi),
@@ -463,6 +471,14 @@ def main():
     total = time.time() - t_start
     print()
     print(table(results, tg))
+    if BASELINE["bin"]:
+        print(f"\nbaseline {BASELINE['bin']} against mirror-img, medians of the same {args.rounds} rounds:")
+        for c in results:
+            m, b = c["tools"].get("mirror-img"), c["tools"].get("baseline")
+            if m and b:
+                print(f"  {c['case']:18s} {c['fs']:6s} wall {b['median_wall']:.3f} -> {m['median_wall']:.3f} s "
+                      f"({m['median_wall'] / b['median_wall']:.3f}x), cpu {b['median_cpu']:.2f} -> "
+                      f"{m['median_cpu']:.2f} s ({m['median_cpu'] / max(b['median_cpu'], 0.001):.3f}x)")
     png = chart(results, args.out)
     doc = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -7,7 +7,8 @@
 # Environment: MI (binary, default build/mirror-img), BENCH_ROUNDS (default 3),
 # BENCH_TMPFS (a tmpfs directory, default /dev/shm), BENCH_DISK=0 (skip the disk cases),
 # BENCH_ONLY=case,case (e.g. raw->raw,zlib->raw), BENCH_STRICT=1 (exit 1 when a target
-# is missed), BENCH_FOLLOW=0 (skip the follow figures: tests/writers/bench-shim.sh).
+# is missed), BENCH_FOLLOW=0 (skip the follow figures: tests/writers/bench-shim.sh),
+# BENCH_BASELINE=BIN (an earlier mirror-img, timed in the same rounds: before/after).
 set -eu
 top=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$top"
@@ -51,6 +52,11 @@ if [ "${BENCH_FOLLOW:-1}" != 0 ] && [ -z "${BENCH_ONLY:-}" ] && [ -f "$top/tests
 fi
 # Bench a private copy: a rebuild of build/ during the run must not change the binary.
 cp "$MI" "$tmp/mirror-img"
+baseline=
+if [ -n "${BENCH_BASELINE:-}" ]; then
+    cp "$BENCH_BASELINE" "$tmp/mirror-img-baseline"
+    baseline=$tmp/mirror-img-baseline
+fi
 # The floor: one thread writing the same bytes from memory, and that while another
 # thread reads the source (tests/bench/floor.c).
 floor=
@@ -61,7 +67,7 @@ start=$(date +%s)
 rc=0
 python3 "$top/tests/bench/bench.py" --mi "$tmp/mirror-img" --tmpfs "$tmp" ${disk:+--disk "$disk"} \
     --out "$out" --rounds "${BENCH_ROUNDS:-3}" ${BENCH_ONLY:+--only "$BENCH_ONLY"} ${floor:+--floor "$floor"} \
-    ${follow:+--follow-script "$follow"} || rc=$?
+    ${follow:+--follow-script "$follow"} ${baseline:+--baseline "$baseline"} || rc=$?
 if [ "${BENCH_NBD:-1}" != 0 ]; then
     echo "== NBD: to nbdkit memory with 1 ms added latency (target: mirror-img <= 0.9 x nbdcopy)"
     MI="$tmp/mirror-img" bash "$top/tests/bench/nbd.sh" "${BENCH_ROUNDS:-3}" || rc=2
