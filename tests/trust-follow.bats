@@ -334,6 +334,9 @@ pivot_idle() {
 # The writer writes every block to SRC and then to REF.  Whatever complete says, no write
 # may be lost: if it reports the pivot, DST == REF; otherwise every write is still in SRC
 # (SRC == REF) and a plain complete ends with DST == SRC, or follow stopped with an error.
+# flushed_or_ended PID: complete (PID) reached the target's flush, or has ended.
+flushed_or_ended() { test -s "$T/fsyncs" || ! kill -0 "$1" 2>/dev/null; }
+
 @test "3: the lease lapses during complete --pivot (slow target flush): no write is lost" {
     src_image 32
     cp "$SRC" "$REF"
@@ -352,13 +355,22 @@ pivot_idle() {
     "$MI" complete --pivot "$J.sock" > "$T/complete.out" 2>&1 3>&- &
     completer=$!
     on_exit "kill $completer"
-    wait_for test -s "$T/fsyncs" || fail "complete never flushed the target: $(cat "$T/complete.out")"
-    kill -STOP "$FOLLOW"
-    on_exit "kill -CONT $FOLLOW"
-    n=$(count)
-    wait_for count_ge $((n + 20)) ||
-        { kill -CONT "$FOLLOW"; fail "the writer stayed held by a frozen follower (the lease never ran out)"; }
-    kill -CONT "$FOLLOW"
+    # The flush; or, on a starved machine (a loaded btrfs once stalled the follower past the
+    # 300 ms lease before it got there), a lease that ran out earlier: complete then fails on
+    # its own, and the checks below judge that outcome the same way.
+    wait_for flushed_or_ended "$completer" ||
+        fail "complete neither flushed the target nor ended: $(cat "$T/complete.out")"
+    if [ -s "$T/fsyncs" ]; then
+        kill -STOP "$FOLLOW"
+        on_exit "kill -CONT $FOLLOW"
+        n=$(count)
+        wait_for count_ge $((n + 20)) ||
+            { kill -CONT "$FOLLOW"; fail "the writer stayed held by a frozen follower (the lease never ran out)"; }
+        kill -CONT "$FOLLOW"
+    else
+        grep -q "lease ran out" "$T/complete.out" ||
+            fail "complete ended before the flush, and not on a lapsed lease: $(cat "$T/complete.out")"
+    fi
     st=0
     wait_exit $completer 30 || st=$?
     out=$(cat "$T/complete.out")
