@@ -10,7 +10,6 @@
 #include "util.h"
 
 #include <errno.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,18 +25,6 @@ static const struct argp copy_argp = {
     "2 usage error, 3 cancelled.",
     children, NULL, NULL,
 };
-
-static volatile sig_atomic_t got_signal;
-static void on_signal(int sig) { got_signal = sig; }
-
-static void tick(struct job *job, void *arg)
-{
-    struct mi_opts *o = arg;
-    if (got_signal)
-        job_cancel(job);
-    mi_error_pause_tick(job, o);
-    mi_progress_tick(job, o);
-}
 
 static void completed_members(struct json *j, void *arg)
 {
@@ -136,10 +123,9 @@ static int copy_run(struct copy *c)
     if (r == 0) {
         if (o->verbose)
             mi_opts_print(o, &c->job);
-        signal(SIGINT, on_signal);
-        signal(SIGTERM, on_signal);
+        mi_catch_signals();
         r = job_start(&c->job);
-        int w = job_wait(&c->job, tick, o);
+        int w = job_wait(&c->job, mi_job_tick, o);
         if (r == 0)
             r = w;
     }

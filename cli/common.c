@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -319,4 +320,22 @@ void mi_error_pause_tick(struct job *job, const struct mi_opts *o)
     else
         cli_error("%s; job paused (--on-%s-error=%s) with no --socket to resume it: "
                   "SIGINT or SIGTERM cancels", msg, side, job_policy_name(policy));
+}
+
+static volatile sig_atomic_t got_signal;
+static void on_signal(int sig) { got_signal = sig; }
+
+void mi_catch_signals(void)
+{
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+}
+
+void mi_job_tick(struct job *job, void *arg)
+{
+    struct mi_opts *o = arg;
+    if (got_signal)
+        job_cancel(job);
+    mi_error_pause_tick(job, o);
+    mi_progress_tick(job, o);
 }

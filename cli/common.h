@@ -47,6 +47,11 @@ void mi_opts_print(const struct mi_opts *o, const struct job *job);
 int mi_opts_check_journal(struct mi_opts *o);
 int mi_run_journal(struct mi_opts *o, bool live);
 
+/* SIGINT and SIGTERM cancel the job: mi_catch_signals() before job_wait, with
+ * mi_job_tick as its tick (arg: the mi_opts): the signal, the pause notices, progress. */
+void mi_catch_signals(void);
+void mi_job_tick(struct job *job, void *arg);
+
 /* Progress bar on stderr when -p and stderr is a terminal; at most 10 updates a second. */
 void mi_progress_tick(struct job *job, void *arg);
 

@@ -9,12 +9,8 @@
 
 #include <errno.h>
 #include <limits.h>
-#include <signal.h>
 #include <stdio.h>
 #include <string.h>
-
-static volatile sig_atomic_t got_signal;
-static void on_signal(int sig) { got_signal = sig; }
 
 int mi_opts_check_journal(struct mi_opts *o)
 {
@@ -45,15 +41,6 @@ static void notice_line(void *ctx, const char *msg)
     const struct mi_opts *o = ctx;
     if (!o->quiet)
         cli_error("%s", msg);
-}
-
-static void tick(struct job *job, void *arg)
-{
-    struct mi_opts *o = arg;
-    if (got_signal)
-        job_cancel(job);
-    mi_error_pause_tick(job, o);
-    mi_progress_tick(job, o);
 }
 
 /* What the run ended with, said on stderr. */
@@ -95,9 +82,8 @@ static int run(struct mi_opts *o, bool live, struct sync *s)
         events_enable(stdout);
     if (o->verbose)
         mi_opts_print(o, job);
-    signal(SIGINT, on_signal);
-    signal(SIGTERM, on_signal);
-    int r = sync_run(s, tick, o);
+    mi_catch_signals();
+    int r = sync_run(s, mi_job_tick, o);
     control_stop(sock);
     if (r == 0 && !live && o->verify)
         r = sync_verify(s);
