@@ -1,5 +1,6 @@
 /* endpoint.c: probing, dispatch to the backends, and the shared fallbacks. */
 #include "endpoint.h"
+#include "qcow2.h"
 #include "util.h"
 
 #include <errno.h>
@@ -52,6 +53,8 @@ struct ep *ep_open(const char *name, const struct ep_open_opts *opts, bool writa
         return NULL;
     if (!strcmp(fmt, "raw"))
         return raw_open(name, writable);
+    if (writable && !strcmp(fmt, "qcow2"))
+        return qcow2_open_rw(name);
     if (writable) {
         mi_seterr(ENOTSUP, "%s: writing into an existing %s image is not supported "
                   "(use --force to replace it)", name, fmt);

@@ -28,6 +28,9 @@ enum ep_kind {
 
 /* zero flags */
 #define EP_ZERO_MAY_UNMAP 1u /* a hole or zero cluster is fine (not just zeros written) */
+#define EP_ZERO_BACKING 2u   /* instead of zeros: unallocated here, reading the backing file
+                              * again (only where EP_CAP_BACKING: --sync=top into an existing
+                              * qcow2 target) */
 
 /* capability flags (ep.caps) */
 #define EP_CAP_BLOCK_STATUS 1u /* block_status gives real answers (else: all data) */
@@ -35,6 +38,8 @@ enum ep_kind {
 #define EP_CAP_IS_ZERO 4u      /* a freshly created target: reads as zeros everywhere */
 #define EP_CAP_FUA 8u          /* reserved */
 #define EP_CAP_ONE_WRITER 16u  /* writes serialize (one file): the job pipes them to one thread */
+#define EP_CAP_BACKING 32u     /* an existing image with a backing file: zero takes
+                                * EP_ZERO_BACKING */
 
 struct ep;
 struct ep_info;

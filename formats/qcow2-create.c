@@ -251,6 +251,29 @@ static int64_t compress_cluster(struct qw *q, struct qw_ws *w, const uint8_t *sr
     return (int64_t)(q->cs - 1 - w->zs.avail_out);
 }
 
+/* Inflate one compressed cluster: in (len bytes, the descriptor's upper bound) into out
+ * (cs bytes).  True when exactly cs bytes came out.  Shared with qcow2-rw.c. */
+bool qcow2_inflate(int ctype, const uint8_t *in, size_t len, uint8_t *out, size_t cs)
+{
+    bool ok = false;
+    if (ctype == QCOW2_COMPRESS_ZSTD) {
+        size_t fl = ZSTD_findFrameCompressedSize(in, len);
+        ok = !ZSTD_isError(fl) && ZSTD_decompress(out, cs, in, fl) == cs;
+    } else {
+        z_stream zs = {0};
+        if (inflateInit2(&zs, -15) == Z_OK) {
+            zs.next_in = (Bytef *)in;
+            zs.avail_in = (uInt)len;
+            zs.next_out = out;
+            zs.avail_out = (uInt)cs;
+            int zr = inflate(&zs, Z_FINISH);
+            ok = (zr == Z_STREAM_END || zr == Z_BUF_ERROR) && zs.avail_out == 0;
+            inflateEnd(&zs);
+        }
+    }
+    return ok;
+}
+
 /* Read and inflate the compressed cluster e into out (cluster-sized). */
 static int decompress_cluster(struct qw *q, uint64_t e, uint8_t *out)
 {
@@ -266,22 +289,7 @@ static int decompress_cluster(struct qw *q, uint64_t e, uint8_t *out)
         return mi_seterr(-r, "%s: read error at host offset %llu: %s", q->ep.name,
                          (unsigned long long)off, strerror(-r));
     }
-    bool ok = false;
-    if (q->ctype == QCOW2_COMPRESS_ZSTD) {
-        size_t fl = ZSTD_findFrameCompressedSize(in, len);
-        ok = !ZSTD_isError(fl) && ZSTD_decompress(out, q->cs, in, fl) == q->cs;
-    } else {
-        z_stream zs = {0};
-        if (inflateInit2(&zs, -15) == Z_OK) {
-            zs.next_in = in;
-            zs.avail_in = (uInt)len;
-            zs.next_out = out;
-            zs.avail_out = (uInt)q->cs;
-            int zr = inflate(&zs, Z_FINISH);
-            ok = (zr == Z_STREAM_END || zr == Z_BUF_ERROR) && zs.avail_out == 0;
-            inflateEnd(&zs);
-        }
-    }
+    bool ok = qcow2_inflate(q->ctype, in, len, out, q->cs);
     free(in);
     if (!ok)
         return mi_seterr(EIO, "%s: compressed cluster at host offset %llu does not decompress",

@@ -265,6 +265,15 @@ struct qcow2_hooks {
 struct ep *qcow2_open_chain(const char *name, const struct ep_open_opts *opts,
                             const struct qcow2_chain *parent, const struct qcow2_hooks *hooks);
 
+/* Inflate one compressed cluster (qcow2-create.c): in holds len bytes (the descriptor's
+ * upper bound), out gets cs bytes.  True when exactly cs bytes came out. */
+#include <stddef.h>
+bool qcow2_inflate(int ctype, const uint8_t *in, size_t len, uint8_t *out, size_t cs);
+
+/* qcow2-rw.c: open an existing qcow2 image to write into it (copy -n, follow's existing
+ * qcow2 target).  Returns NULL with a message on failure or refusal. */
+struct ep *qcow2_open_rw(const char *name);
+
 /* qcow.c: open through libqcow (qcow v1, AES-encrypted qcow2) as a link of a chain. */
 struct ep *qcow_open_chain(const char *name, const struct ep_open_opts *opts,
                            const struct qcow2_chain *parent);

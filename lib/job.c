@@ -122,7 +122,8 @@ static int seed(struct job *job, bool async)
         if (len == 0)
             return mi_seterr(EIO, "%s: block status made no progress at offset %llu",
                              job->c.src->name, (unsigned long long)off);
-        bool need = kind == EP_DATA || (kind == EP_ZERO && !skip_zero);
+        bool need = kind == EP_DATA || (kind == EP_ZERO && !skip_zero) ||
+                    (kind == EP_UNALLOC && job->need_back);
         if (async)
             pthread_mutex_lock(&job->lock);
         if (need) {
@@ -192,6 +193,8 @@ int job_init(struct job *job, const struct job_config *c)
         job->req_max = job->chunk;
     job->need_zero_write = c->sync_top || c->zero_always ||
                             !(c->target_is_zero || (c->dst->caps & EP_CAP_IS_ZERO));
+    job->need_back = c->sync_top && (c->dst->caps & EP_CAP_BACKING) &&
+                     !(c->target_is_zero || (c->dst->caps & EP_CAP_IS_ZERO));
     pthread_mutex_init(&job->lock, NULL);
     pthread_cond_init(&job->cond, NULL);
     pthread_cond_init(&job->pipe_cond, NULL);
@@ -392,6 +395,12 @@ static int write_range(struct job *job, const char *buf, const uint8_t *cls, uin
                 return r;
             }
             __atomic_fetch_add(&job->bytes_copied, b - a, __ATOMIC_RELAXED);
+        } else if (cls[u] == U_UNALLOC && job->need_back) {
+            int r = dst->ops->zero(dst, a, b - a, EP_ZERO_BACKING);
+            if (r < 0) {
+                e->rc = r, e->target = true;
+                return r;
+            }
         } else if (zero && job->need_zero_write) {
             int r = dst->ops->zero(dst, a, b - a, EP_ZERO_MAY_UNMAP);
             if (r < 0) {

@@ -93,6 +93,9 @@ struct job {
     uint32_t unit;          /* zero-detection and alignment unit */
     uint64_t req_max;       /* bytes per request */
     bool need_zero_write;   /* zero units must be written (target not known zero) */
+    bool need_back;         /* --sync=top into an existing qcow2 with a backing file: what
+                             * the source's top leaves unallocated is unallocated on the
+                             * target too (EP_ZERO_BACKING), so stale data there goes */
     unsigned nworkers;
 
     pthread_mutex_t lock;

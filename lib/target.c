@@ -43,17 +43,34 @@ int target_backing_name(const struct ep_info *si, const char *src, const char *d
     return 0;
 }
 
-/* -n: write into what is there (after the format check). */
-static int open_existing(const struct target_opts *o, const struct stat *st, struct target *t)
+/* -n: write into what is there, in its format: -O's, else what it probes as when that is
+ * raw or the source's format.  A qcow2 target of a raw source needs -O either way (-O raw
+ * overwrites its bytes): guessing would write raw bytes over an image, or the reverse. */
+static int open_existing(const struct target_opts *o, const char *fmt_default, struct target *t)
 {
-    const char *dst = o->dst;
-    if (o->dst_fmt && strcmp(o->dst_fmt, "raw") && S_ISREG(st->st_mode)) {
-        const char *probed = ep_probe(dst);
-        if (probed && strcmp(probed, o->dst_fmt))
-            return mi_seterr(EINVAL, "%s: is %s, not %s", dst, probed, o->dst_fmt);
+    const char *dst = o->dst, *fmt = o->dst_fmt;
+    const char *probed = ep_probe(dst);
+    if (!probed)
+        return -EIO;
+    if (!fmt && (!strcmp(probed, "raw") || !strcmp(probed, fmt_default)))
+        fmt = probed;
+    else if (!fmt)
+        return mi_seterr(EINVAL, "%s: is a %s image; give -O %s to write into it as one, or "
+                         "-O raw to overwrite its bytes", dst, probed, probed);
+    else if (strcmp(fmt, "raw") && strcmp(probed, fmt))
+        return mi_seterr(EINVAL, "%s: is %s, not %s", dst, probed, fmt);
+    t->ep = ep_open(dst, &(struct ep_open_opts){.format = fmt}, true);
+    if (!t->ep)
+        return -EIO;
+    struct ep_info info;
+    if (o->sync_top && !strcmp(fmt, "qcow2") && ep_get_info(t->ep, &info, false) == 0 &&
+        !info.backing_file[0]) {
+        ep_close(t->ep);
+        t->ep = NULL;
+        return mi_seterr(EINVAL, "%s: has no backing file; --sync=top into an existing image "
+                         "needs one (the source's top alone does not read as the source)", dst);
     }
-    t->ep = ep_open(dst, &(struct ep_open_opts){.format = o->dst_fmt ? o->dst_fmt : "raw"}, true);
-    return t->ep ? 0 : -EIO;
+    return 0;
 }
 
 /* A new image (or one replaced with --force). */
@@ -97,7 +114,7 @@ static int open_local(const struct target_opts *o, const char *fmt, struct ep *s
     if (o->existing) {
         if (!exists)
             return mi_seterr(ENOENT, "%s: does not exist (-n writes into an existing target)", dst);
-        return open_existing(o, &st, t);
+        return open_existing(o, fmt, t);
     }
     if (exists && !o->force)
         return mi_seterr(EEXIST, "%s: already exists (use -n to write into it, or --force to replace it)", dst);
