@@ -53,6 +53,9 @@ struct sync {
     /* disk mode (a qcow2 source mirrored as the disk it holds, see disk_take) */
     bool disk;
     const char *tfmt;         /* the target's format: "raw" or "qcow2" (a flat image) */
+    bool flush_epochs;        /* a qcow2 target: flushed before an epoch's file chunks are
+                               * done, so that a restart finds the mapping of every chunk
+                               * the journal calls copied */
     bool top;                 /* --sync=top: a new overlay naming the source's backing file */
     unsigned epochs;          /* translations so far */
     char backing[4096], backing_fmt[32]; /* the overlay's backing name and format */
@@ -207,6 +210,11 @@ static bool guest_idle(struct sync *s)
 static void translate(struct sync *s)
 {
     uint64_t first, n, g = mij_granularity(s->j), cur = 0;
+    if (s->flush_epochs && mij_next_run(s->j, true, 0, &first) && s->dst->ops->flush(s->dst) < 0) {
+        if (!s->disk_err[0])
+            snprintf(s->disk_err, sizeof s->disk_err, "%s", mi_lasterr());
+        return; /* the chunks stay copying: a restart copies them again */
+    }
     while ((n = mij_next_run(s->j, true, 0, &first)))
         mij_done(s->j, first, n);
     /* --sync=top: the first pass leaves unallocated ranges to the backing file (the
@@ -743,10 +751,13 @@ static void live_members(struct json *j, void *ctx)
         alive += w[i].alive;
     uint64_t u = mij_untrusted(s->j);
     pthread_mutex_lock(&s->mu);
+    /* in_sync is the last tick's verdict; a write since then (a writer that has just
+     * returned) is in the backlog already, and must not be answered "in sync" */
+    uint64_t bl = backlog(s);
     json_str_member(j, "mode", s->disk ? "disk" : "file");
     json_bool_member(j, "ready", s->ready);
-    json_bool_member(j, "in_sync", s->in_sync);
-    json_u64_member(j, "backlog", backlog(s));
+    json_bool_member(j, "in_sync", s->in_sync && bl == 0);
+    json_u64_member(j, "backlog", bl);
     json_u64_member(j, "write_rate", s->write_rate);
     json_u64_member(j, "copy_rate", s->copy_rate);
     json_bool_member(j, "converging", s->growing_secs < 3);
@@ -849,6 +860,19 @@ static int open_nbd_target(struct sync *s, const struct mij_target *rec, bool *f
     return 0;
 }
 
+/* A new qcow2 target is closed empty and reopened by the writer of existing images, whose
+ * flush makes the mapping durable (the writer of new images keeps it for its close). */
+static int reopen_qcow2(struct sync *s)
+{
+    int r = s->dst->ops->flush(s->dst);
+    int c = ep_close(s->dst);
+    s->dst = NULL;
+    if (r < 0 || c < 0)
+        return -EIO;
+    s->dst = ep_open(s->c.dst, &(struct ep_open_opts){.format = "qcow2"}, true);
+    return s->dst ? 0 : -EIO;
+}
+
 /* The target: the one this journal records (resume), or an existing one with -n (written
  * over: everything is copied) or --force (replaced), or a new one. */
 static int open_target(struct sync *s, bool *full, bool *all)
@@ -875,11 +899,8 @@ static int open_target(struct sync *s, bool *full, bool *all)
         return mi_seterr(EEXIST, "%s: already exists and this journal does not record it as its "
                          "target (use -n to write into it, or --force to replace it)", dst);
     const char *tfmt = s->tfmt ? s->tfmt : "raw";
-    if (exists && recorded && !s->c.force && !strcmp(tfmt, "qcow2"))
-        return mi_seterr(ENOTSUP, "%s: resuming into a qcow2 target is not supported yet (the "
-                         "image is written at the end of a run and cannot be reopened): use "
-                         "--force to replace it (a full pass), or -O raw", dst);
-    if (exists && !s->c.force) {
+    s->flush_epochs = !strcmp(tfmt, "qcow2");
+    if (exists && !s->c.force) { /* a qcow2 target is reopened (refcounts repaired) */
         s->dst = ep_open(dst, &(struct ep_open_opts){.format = tfmt}, true);
         if (!s->dst)
             return -EIO;
@@ -896,7 +917,7 @@ static int open_target(struct sync *s, bool *full, bool *all)
         return -EIO;
     *full = true;
     *all = false;
-    return 0;
+    return s->flush_epochs ? reopen_qcow2(s) : 0;
 }
 
 /* Remember the backing chain's files (from the top's backing file down). */
