@@ -4,7 +4,8 @@
  * journal says which byte ranges of the file changed.  Live mode turns those file ranges
  * into guest ranges:
  *
- *   header changed  -> re-read it: the virtual size and the backing file must not change;
+ *   header changed  -> re-read it: the backing file must not change, the virtual size may
+ *                      grow (the tables of the new L1 entries are held from then on);
  *                      a moved or grown L1 table is re-read as below
  *   L1 changed      -> re-read it; for each entry that changed, the old table against
  *                      the new one (or none), entry by entry
@@ -232,26 +233,72 @@ static bool backing_changed(struct qcow2 *q, const uint8_t *h)
     return strcmp(name, q->backing_name) != 0;
 }
 
-/* The header changed: what a guest sees must not (size, backing file, cluster size,
- * encryption); the L1 table may have moved. */
+/* The disk grew (a resize): hold tables for the new L1 entries (none yet: the L1 table is
+ * re-read next) and report the new range, which reads as zeros or the backing file. */
+static int grow(struct qcow2 *q, uint64_t size, uint32_t l1_size, dirty_fn dirty, void *ctx)
+{
+    unsigned tbits = q->cluster_bits + q->l2_bits;
+    uint64_t need = (size + (1ULL << tbits) - 1) >> tbits, words = q->l2_bytes / 8;
+    if (need > l1_size)
+        return mi_seterr(EINVAL, "%s: the L1 table (%u entries) is too small for the new "
+                         "virtual size %llu", q->ep.name, l1_size, (unsigned long long)size);
+    if (need * q->l2_bytes > QCOW2_LIVE_MAX_TABLES)
+        return mi_seterr(ENOTSUP, "%s: grew to %llu MiB of L2 tables: more than disk mode holds",
+                         q->ep.name, (unsigned long long)(need * q->l2_bytes >> 20));
+    pthread_mutex_lock(&q->lock);
+    uint64_t *l1 = realloc(q->l1, need * 8);
+    if (l1)
+        q->l1 = l1;
+    int32_t *so = l1 ? realloc(q->slot_of, need * sizeof *so) : NULL;
+    if (so)
+        q->slot_of = so;
+    struct l2slot *sl = so ? realloc(q->slots, need * sizeof *sl) : NULL;
+    if (sl)
+        q->slots = sl;
+    uint64_t *slab = sl ? realloc(q->slab, need * q->l2_bytes) : NULL;
+    if (!slab) {
+        pthread_mutex_unlock(&q->lock);
+        return mi_seterr(ENOMEM, "%s: out of memory for the grown disk's tables", q->ep.name);
+    }
+    q->slab = slab;
+    for (uint32_t i = 0; i < need; i++) {
+        if (i >= q->l1_used)
+            q->l1[i] = 0, q->slot_of[i] = -1, q->slots[i] = (struct l2slot){NULL, i, false};
+        q->slots[i].t = slab + i * words;
+    }
+    uint64_t old = q->size;
+    q->l1_used = q->nslots = q->nused = (uint32_t)need;
+    q->l1_size = l1_size;
+    q->size = q->ep.size = size;
+    pthread_mutex_unlock(&q->lock);
+    dirty(ctx, old, size - old);
+    return 0;
+}
+
+/* The header changed: what a guest sees must not (backing file, cluster size, encryption);
+ * the disk may grow, the L1 table may have grown and moved. */
 static int reload_header(struct qcow2 *q, bool all, dirty_fn dirty, void *ctx)
 {
     uint8_t h[QCOW2_V2_HEADER_LEN];
     int e = mi_pread_full(q->fd, h, sizeof h, 0);
     if (e < 0)
         return mi_seterr(-e, "%s: cannot read the header: %s", q->ep.name, strerror(-e));
-    if (mi_be64(h + QCOW2_HDR_SIZE) != q->size)
-        return mi_seterr(ENOTSUP, "%s: the virtual size changed while followed (%llu -> %llu "
-                         "bytes): disk mode cannot follow a resize", q->ep.name,
-                         (unsigned long long)q->size, (unsigned long long)mi_be64(h + QCOW2_HDR_SIZE));
+    uint64_t size = mi_be64(h + QCOW2_HDR_SIZE);
+    if (size < q->size)
+        return mi_seterr(ENOTSUP, "%s: the virtual size shrank while followed (%llu -> %llu "
+                         "bytes): disk mode cannot follow a shrink", q->ep.name,
+                         (unsigned long long)q->size, (unsigned long long)size);
     if (backing_changed(q, h) || mi_be32(h + QCOW2_HDR_CLUSTER_BITS) != q->cluster_bits ||
         mi_be32(h + QCOW2_HDR_CRYPT_METHOD) != q->crypt)
         return mi_seterr(ENOTSUP, "%s: the backing file, cluster size or encryption changed "
                          "while followed: disk mode cannot follow that", q->ep.name);
     if (mi_be32(h + QCOW2_HDR_L1_SIZE) < q->l1_used)
         return mi_seterr(ENOTSUP, "%s: the L1 table shrank while followed", q->ep.name);
+    bool grew = size > q->size;
+    if (grew && (e = grow(q, size, mi_be32(h + QCOW2_HDR_L1_SIZE), dirty, ctx)) < 0)
+        return e;
     uint64_t l1_offset = mi_be64(h + QCOW2_HDR_L1_OFFSET);
-    if (l1_offset != q->l1_offset || all)
+    if (l1_offset != q->l1_offset || all || grew)
         return reload_l1(q, l1_offset, all, dirty, ctx);
     return 0;
 }

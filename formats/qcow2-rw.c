@@ -78,6 +78,7 @@ struct qx {
     uint64_t rt_n, rt_off;
     uint32_t rt_clusters;
     bool rt_dirty, hdr_dirty, clear_dirty, meta_dirty;
+    bool geom_dirty;   /* the virtual size or the L1 table's place changed (a resize) */
     uint64_t *pend;    /* clusters freed since the last flush (one per reference) */
     size_t npend, pend_cap;
     uint64_t eof;      /* where the next new cluster goes */
@@ -755,6 +756,21 @@ static int extend(struct qx *q)
     return 0;
 }
 
+/* Step 3b, after a resize: the header names the new size and L1 table. */
+static int write_geometry(struct qx *q)
+{
+    uint8_t b[8], l1[12];
+    mi_put_be64(b, q->ep.size);
+    mi_put_be32(l1, q->l1_size);
+    mi_put_be64(l1 + 4, q->l1_off);
+    int r = wr(q, l1, sizeof l1, QCOW2_HDR_L1_SIZE);
+    if (r == 0)
+        r = wr(q, b, sizeof b, QCOW2_HDR_SIZE);
+    if (r == 0 && (r = sync_file(q, "header")) == 0)
+        q->geom_dirty = false;
+    return r;
+}
+
 static int flush_locked(struct qx *q)
 {
     int r = extend(q);
@@ -762,7 +778,8 @@ static int flush_locked(struct qx *q)
         r = sync_file(q, "data");
     if (r < 0 || (!q->meta_dirty && !q->clear_dirty))
         return r;
-    if ((r = cover(q)) < 0 || (r = write_counts(q)) < 0 || (r = write_mapping(q)) < 0)
+    if ((r = cover(q)) < 0 || (r = write_counts(q)) < 0 || (r = write_mapping(q)) < 0 ||
+        (q->geom_dirty && (r = write_geometry(q)) < 0))
         return r;
     q->npend = 0; /* step 4: write_counts left their blocks dirty with the true counts */
     if ((r = write_blocks(q)) < 0)
@@ -784,6 +801,54 @@ static int qx_flush(struct ep *ep)
     struct qx *q = (struct qx *)ep;
     pthread_mutex_lock(&q->lock);
     int r = flush_locked(q);
+    pthread_mutex_unlock(&q->lock);
+    return r;
+}
+
+/* A bigger L1 table for need entries, at the end of the file (the old one is freed once
+ * the header names the new one). */
+static int move_l1(struct qx *q, uint32_t need)
+{
+    uint64_t clusters = mi_round_up(need * 8ull, q->cs) >> q->cbits, h;
+    uint64_t old = mi_round_up(q->l1_size * 8ull, q->cs) >> q->cbits;
+    int r = alloc(q, clusters, &h);
+    for (uint64_t c = 0; c < old && r == 0 && q->l1_size; c++)
+        r = drop(q, (q->l1_off >> q->cbits) + c);
+    if (r == 0)
+        q->l1_off = h, q->l1_size = need;
+    return r;
+}
+
+/* Follow a disk that grew: the new range is unallocated (zeros, or the backing file). */
+static int qx_resize(struct ep *ep, uint64_t size)
+{
+    struct qx *q = (struct qx *)ep;
+    if (size < ep->size || size % 512)
+        return mi_seterr(ENOTSUP, "%s: a qcow2 target grows only, to a multiple of 512 bytes "
+                         "(not %llu bytes)", ep->name, (unsigned long long)size);
+    uint64_t span = q->cs * q->l2n, need = (size + span - 1) / span;
+    if (need > UINT32_MAX / 8 || need * 8 > 32 * MI_MiB)
+        return mi_seterr(EFBIG, "%s: %llu bytes need an L1 table beyond 32 MiB", ep->name,
+                         (unsigned long long)size);
+    pthread_mutex_lock(&q->lock);
+    int r = 0;
+    if (need > q->l1n) {
+        uint64_t *l1 = realloc(q->l1, need * 8);
+        struct qx_l2 *l2 = l1 ? realloc(q->l2, need * sizeof *l2) : NULL;
+        if (l1)
+            q->l1 = l1;
+        if (l2)
+            q->l2 = l2;
+        r = l2 ? 0 : mi_seterr(ENOMEM, "%s: out of memory", ep->name);
+        if (r == 0 && need > q->l1_size)
+            r = move_l1(q, (uint32_t)need);
+        for (uint64_t i = q->l1n; r == 0 && i < need; i++)
+            q->l1[i] = 0, q->l2[i] = (struct qx_l2){NULL, 0, false};
+        if (r == 0)
+            q->l1n = (uint32_t)need, q->l1_dirty = true;
+    }
+    if (r == 0)
+        ep->size = size, q->geom_dirty = q->meta_dirty = true;
     pthread_mutex_unlock(&q->lock);
     return r;
 }
@@ -841,6 +906,7 @@ static const struct ep_ops qx_ops = {
     .flush = qx_flush,
     .close = qx_close,
     .info = qx_info,
+    .resize = qx_resize,
 };
 
 /* ---- open ---- */

@@ -13,6 +13,24 @@ int bitmap_init(struct bitmap *b, uint64_t nbits)
     return b->words ? 0 : -ENOMEM;
 }
 
+int bitmap_grow(struct bitmap *b, uint64_t nbits)
+{
+    if (nbits <= b->nbits)
+        return 0;
+    uint64_t nwords = (nbits + 63) / 64;
+    if (nwords > b->nwords) {
+        uint64_t *w = realloc(b->words, nwords * sizeof *w);
+        if (!w)
+            return -ENOMEM;
+        for (uint64_t i = b->nwords; i < nwords; i++)
+            w[i] = 0;
+        b->words = w;
+        b->nwords = nwords;
+    }
+    b->nbits = nbits; /* the tail bits of the old last word were clear */
+    return 0;
+}
+
 void bitmap_free(struct bitmap *b)
 {
     free(b->words);

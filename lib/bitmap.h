@@ -18,6 +18,8 @@ struct bitmap {
 };
 
 int bitmap_init(struct bitmap *b, uint64_t nbits); /* all clear; -ENOMEM */
+/* More bits, the new ones clear (no other call on b at the same time); -ENOMEM. */
+int bitmap_grow(struct bitmap *b, uint64_t nbits);
 void bitmap_free(struct bitmap *b);
 void bitmap_set_range(struct bitmap *b, uint64_t first, uint64_t count);
 void bitmap_clear_range(struct bitmap *b, uint64_t first, uint64_t count);

@@ -174,6 +174,12 @@ static void guest_dirty(void *ctx, uint64_t off, uint64_t len)
         return;
     uint64_t first = off / s->gchunk, last = (off + len - 1) / s->gchunk;
     pthread_mutex_lock(&s->gmu);
+    if (last >= s->gdirty.nbits && /* the disk grew */
+        (bitmap_grow(&s->gdirty, last + 1) < 0 || bitmap_grow(&s->gcopying, last + 1) < 0)) {
+        if (!s->disk_err[0])
+            snprintf(s->disk_err, sizeof s->disk_err, "out of memory for the grown disk's bitmap");
+        __atomic_store_n(&s->conservative, true, __ATOMIC_SEQ_CST);
+    }
     bitmap_set_range(&s->gdirty, first, last - first + 1);
     pthread_mutex_unlock(&s->gmu);
 }
@@ -206,6 +212,24 @@ static bool guest_idle(struct sync *s)
     return idle;
 }
 
+/* After a translation: the disk grew (a resize), so do the target and the job.  Before
+ * any chunk of the new range is handed out (the job lock is held). */
+static int disk_size(struct sync *s)
+{
+    uint64_t size = s->gsrc->size;
+    if (size == job_size(&s->job))
+        return 0;
+    int r = 0;
+    if (s->dst->ops->resize)
+        r = ep_resize(s->dst, size);
+    else if (size > s->dst->size)
+        r = mi_seterr(ENOSPC, "%s: the disk grew to %llu bytes, beyond the target's size",
+                      s->dst->name, (unsigned long long)size);
+    if (r == 0)
+        job_set_size(&s->job, size);
+    return r;
+}
+
 /* An epoch ended: done with the file chunks it took; take and translate the next ones. */
 static void translate(struct sync *s)
 {
@@ -233,6 +257,8 @@ static void translate(struct sync *s)
         }
         cur = first + n;
     }
+    if (disk_size(s) < 0 && !s->disk_err[0])
+        snprintf(s->disk_err, sizeof s->disk_err, "%s", mi_lasterr());
 }
 
 /* The supply's take in disk mode (called with the job lock held: one at a time). */
@@ -243,7 +269,7 @@ static uint64_t disk_take(void *ctx, uint64_t cursor, uint64_t max, uint64_t *fi
     if (n || !guest_idle(s) || s->disk_err[0])
         return n;
     translate(s);
-    return guest_take(s, 0, max, first);
+    return s->disk_err[0] ? 0 : guest_take(s, 0, max, first);
 }
 
 static void disk_done(void *ctx, uint64_t first, uint64_t n, bool ok)
