@@ -145,7 +145,7 @@ static error_t parse_opt(int key, char *arg, struct argp_state *st)
             argp_error(st, "-O: cannot write format '%s' (raw or qcow2)", arg);
         o->dst_fmt = arg;
         break;
-    case 'o': parse_create_opts(o, arg, st); break;
+    case 'o': parse_create_opts(o, arg, st); o->create_set = true; break;
     case 'c': o->compress = true; break;
     case 'n': o->existing = true; break;
     case OPT_FORCE: o->force = true; break;
@@ -230,6 +230,9 @@ int mi_opts_check(struct mi_opts *o)
         return cli_usage(o->sub, "--incremental needs --journal");
     if (o->journal && !o->incremental && !strcmp(o->sub, "copy"))
         return cli_usage(o->sub, "--journal goes with --incremental (or with follow)");
+    if (o->existing && (o->compress || o->create_set))
+        return cli_usage(o->sub, "-c and -o shape a new image; -n writes into the existing one as "
+                         "it is");
     if (o->compress && o->dst_fmt && strcmp(o->dst_fmt, "qcow2"))
         return cli_usage(o->sub, "-c needs a qcow2 target (-O qcow2)");
     o->create.compress = o->compress;

@@ -10,6 +10,7 @@
 struct mi_opts {
     const char *src_fmt, *dst_fmt;
     bool existing, force, target_is_zero, sync_top;
+    bool create_set;         /* -o was given */
     uint64_t granularity, buf_size, speed;
     int on_source_error, on_target_error;
     bool compress;

@@ -46,6 +46,7 @@
 #define COMPRESSED QCOW2_OFLAG_COMPRESSED
 #define ZFLAG QCOW2_OFLAG_ZERO
 #define ALL_SUB 0xffffffffull
+#define QX_MAX_REFTABLE (8 * MI_MiB) /* QEMU opens no image with a larger refcount table */
 
 struct qx_l2 {
     uint64_t *e;   /* entries in host order (two words each with extended L2); NULL: none */
@@ -148,6 +149,13 @@ static int alloc(struct qx *q, uint64_t n, uint64_t *host)
         rc_set(q, (q->eof >> q->cbits) + i, 1);
     q->eof += n * q->cs;
     return 0;
+}
+
+/* A new cluster h whose data write failed (r): not counted, so not leaked. */
+static int unalloc(struct qx *q, uint64_t h, int r)
+{
+    rc_set(q, h >> q->cbits, 0);
+    return r;
 }
 
 /* One reference to cluster c less; the file keeps counting it until the next flush has
@@ -335,18 +343,20 @@ static int read_piece(struct qx *q, uint64_t gc, uint64_t o, uint64_t n, uint8_t
 static int rewrite(struct qx *q, uint64_t gc, uint64_t *p)
 {
     uint64_t n = clen(q, gc), h;
-    if (owned(q, p)) {
+    int r;
+    if (owned(q, p)) { /* the entry changes once the data is there (a failed write: as before) */
+        if ((r = wr(q, q->buf, n, p[0] & OFFM)) < 0)
+            return r;
         p[0] = (p[0] & OFFM) | COPIED;
         if (q->extl2)
             p[1] = ALL_SUB;
-        return wr(q, q->buf, n, p[0] & OFFM);
+        return 0;
     }
-    int r = alloc(q, 1, &h);
-    if (r == 0 && !mi_is_zero(q->buf, n))
-        r = wr(q, q->buf, n, h);
-    if (r == 0)
-        r = release(q, p[0]);
-    if (r < 0)
+    if ((r = alloc(q, 1, &h)) < 0)
+        return r;
+    if (!mi_is_zero(q->buf, n) && (r = wr(q, q->buf, n, h)) < 0)
+        return unalloc(q, h, r);
+    if ((r = release(q, p[0])) < 0)
         return r;
     p[0] = h | COPIED;
     if (q->extl2)
@@ -375,7 +385,11 @@ static int write_std(struct qx *q, uint64_t gc, const uint8_t *b, uint64_t o, ui
     }
     uint64_t h;
     if (n == clen(q, gc) && !owned(q, p)) { /* a whole new cluster */
-        if ((r = alloc(q, 1, &h)) < 0 || (r = wr(q, b, n, h)) < 0 || (r = release(q, p[0])) < 0)
+        if ((r = alloc(q, 1, &h)) < 0)
+            return r;
+        if ((r = wr(q, b, n, h)) < 0)
+            return unalloc(q, h, r);
+        if ((r = release(q, p[0])) < 0)
             return r;
         p[0] = h | COPIED;
         return 0;
@@ -399,26 +413,33 @@ static int write_ext(struct qx *q, uint64_t gc, const uint8_t *b, uint64_t o, ui
         p[0] = h | COPIED;
     if (r < 0)
         return r;
-    uint64_t host = p[0] & OFFM, end = o + n, run = o;
+    uint64_t host = p[0] & OFFM, end = o + n, run = o, bits = 0; /* bits: of the run */
     for (uint64_t x = o; x < end;) {
         uint64_t s = x / q->gs, g0 = s * q->gs, y = mi_min(g0 + q->gs, end);
-        uint64_t glen = mi_min(q->gs, clen(q, gc) - g0);
-        bool direct = (x == g0 && y - g0 == glen) || (p[1] >> s & 1);
+        uint64_t glen = mi_min(q->gs, clen(q, gc) - g0), bit = 1ull << s;
+        bool direct = (x == g0 && y - g0 == glen) || (p[1] & bit);
         if (!direct) {
             if (x > run && (r = wr(q, b + (run - o), x - run, host + run)) < 0)
                 return r;
+            p[1] = (p[1] | bits) & ~(bits << 32);
+            bits = 0;
             if ((r = read_piece(q, gc, g0, glen, q->buf)) < 0)
                 return r;
             memcpy(q->buf + (x - g0), b + (x - o), y - x);
             bool skip = fresh && mi_is_zero(q->buf, glen);
             if ((r = skip ? wr(q, b + (x - o), y - x, host + x) : wr(q, q->buf, glen, host + g0)) < 0)
                 return r;
+            p[1] = (p[1] | bit) & ~(bit << 32);
             run = y;
+        } else {
+            bits |= bit;
         }
-        p[1] = (p[1] | 1ull << s) & ~(1ull << (32 + s));
         x = y;
     }
-    return run < end ? wr(q, b + (run - o), end - run, host + run) : 0;
+    if (run < end && (r = wr(q, b + (run - o), end - run, host + run)) < 0)
+        return r;
+    p[1] = (p[1] | bits) & ~(bits << 32); /* the bitmap changes once the data is there */
+    return 0;
 }
 
 static int qx_pwrite(struct ep *ep, const void *buf, uint64_t len, uint64_t off)
@@ -534,7 +555,8 @@ static int zero_sub(struct qx *q, uint64_t gc, uint64_t *p, uint64_t s, uint64_t
         memset(q->buf + (x - g0), 0, y - x);
     if (r == 0)
         r = wr(q, q->buf, glen, (p[0] & OFFM) + g0);
-    p[1] = (p[1] | 1ull << s) & ~(1ull << (32 + s));
+    if (r == 0) /* the bitmap changes once the data is there */
+        p[1] = (p[1] | 1ull << s) & ~(1ull << (32 + s));
     return r;
 }
 
@@ -635,7 +657,12 @@ static uint64_t decode_rc(const struct qx *q, const uint8_t *blk, uint64_t k)
  * is freed once the header names the new one. */
 static int grow_reftable(struct qx *q, uint64_t need)
 {
-    uint64_t n = need + need / 2 + q->cs / 8, clusters = mi_round_up(n * 8, q->cs) >> q->cbits, h;
+    uint64_t n = mi_min(need + need / 2 + q->cs / 8, QX_MAX_REFTABLE / 8), h;
+    if (need > n)
+        return mi_seterr(EFBIG, "%s: the refcount table would outgrow %llu MiB (QEMU's limit): "
+                         "the file is too large for its cluster size", q->ep.name,
+                         (unsigned long long)(QX_MAX_REFTABLE >> 20));
+    uint64_t clusters = mi_round_up(n * 8, q->cs) >> q->cbits;
     uint64_t *rt = calloc(clusters * q->cs / 8, 8);
     int r = rt ? alloc(q, clusters, &h) : mi_seterr(ENOMEM, "%s: out of memory", q->ep.name);
     if (r < 0) {
@@ -1152,7 +1179,7 @@ static int read_reftable_place(struct qx *q)
         return mi_seterr(-r, "%s: cannot read the header: %s", q->ep.name, strerror(-r));
     q->rt_off = mi_be64(h);
     q->rt_clusters = mi_be32(h + 8);
-    if ((q->rt_off & (q->cs - 1)) || !q->rt_clusters || q->rt_clusters > 32 * MI_MiB / q->cs ||
+    if ((q->rt_off & (q->cs - 1)) || !q->rt_clusters || q->rt_clusters > QX_MAX_REFTABLE / q->cs ||
         q->rt_off + ((uint64_t)q->rt_clusters << q->cbits) > mi_round_up(q->file_size, q->cs))
         return REFUSE("%s: the refcount table (0x%llx, %u clusters) is invalid", q->ep.name,
                       (unsigned long long)q->rt_off, q->rt_clusters);

@@ -569,3 +569,96 @@ with open(sys.argv[1], "r+b") as f:
         [ "$(info_field "$T/tgt.qcow2" backing-filename)" = None ] || fail "[$row] got a backing file"
     done
 }
+
+# ---- a target write that fails once (tests/faults/shortio.c's SHORTIO_EIO_AT), retried
+# under --on-target-error=ignore's next pass: nothing the failed write was to change may
+# read differently, and the cluster it took must not leak.
+
+SHORTIO=${SHORTIO:-$TOP/build/tests/shortio.so}
+
+eio_copy() {
+    [ -f "$SHORTIO" ] || fail "$SHORTIO is missing: run make"
+    local at=$1
+    shift
+    SHORTIO_EIO_AT=$at LD_PRELOAD=$SHORTIO \
+        ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0 \
+        run "$MI" copy --json -n -O qcow2 -g 4K --buf-size=4K -j1 --on-target-error=ignore "$@"
+    # the write did fail (else the test proves nothing)
+    assert_output --partial '"BLOCK_JOB_ERROR"'
+}
+
+judge() { # judge SRC DST [compare options]
+    run qemu-img compare "${@:3}" "$1" "$2"
+    assert_success
+    run qemu-img check "$2"
+    assert_success
+    refute_output --partial leaked
+}
+
+# A preallocated zero cluster (stale bytes under it): its entry must not say data before
+# the data is there.
+@test "a failed write into a preallocated zero cluster leaves it zero (retried: identical, no leak)" {
+    qemu-img create -q -f qcow2 "$T/t.qcow2" 1M
+    qemu-io -f qcow2 -c 'write -P 0xee 0 64k' -c 'write -z 0 64k' "$T/t.qcow2" > /dev/null
+    host=$(qemu-img map --output=json "$T/t.qcow2" | python3 -c 'import json,sys; print([e["offset"] for e in json.load(sys.stdin) if e.get("offset") is not None][0])')
+    truncate -s 1M "$T/s.raw"
+    qemu-io -f raw -c 'write -P 1 4k 4k' "$T/s.raw" > /dev/null
+    eio_copy "$host" "$T/s.raw" "$T/t.qcow2"
+    assert_success
+    judge "$T/s.raw" "$T/t.qcow2" -f raw
+}
+
+# Extended L2 under --sync=top: a subcluster's bitmap must not say allocated before its data
+# is written, or the backing stops showing through next to it.
+@test "a failed subcluster write (extended L2, --sync=top) keeps the backing file showing through" {
+    qemu-img create -q -f qcow2 "$T/base.qcow2" 4M
+    qemu-io -f qcow2 -c 'write -P 0xbb 0 4M' "$T/base.qcow2" > /dev/null
+    qemu-img create -q -f qcow2 -o cluster_size=2M,extended_l2=on -b "$T/base.qcow2" -F qcow2 "$T/t.qcow2" 4M
+    qemu-img create -q -f qcow2 -o cluster_size=4096 -b "$T/base.qcow2" -F qcow2 "$T/s.qcow2" 4M
+    qemu-io -f qcow2 -c 'write -z 4k 4k' -c 'write -P 1 1M 4k' "$T/s.qcow2" > /dev/null
+    # new clusters go at the end of the file: the L2 table first, then the data
+    end=$(stat -c %s "$T/t.qcow2")
+    eio_copy $(( (end + 2097151) / 2097152 * 2097152 + 2097152 )) --sync=top "$T/s.qcow2" "$T/t.qcow2"
+    assert_success
+    judge "$T/s.qcow2" "$T/t.qcow2"
+}
+
+@test "a failed write into a new cluster leaks nothing" {
+    qemu-img create -q -f qcow2 "$T/t.qcow2" 1M
+    truncate -s 1M "$T/s.raw"
+    qemu-io -f raw -c 'write -P 1 0 64k' "$T/s.raw" > /dev/null
+    # new clusters go at the end of the file: the L2 table first, then the data
+    end=$(stat -c %s "$T/t.qcow2")
+    eio_copy $(( (end + 65535) / 65536 * 65536 + 65536 )) "$T/s.raw" "$T/t.qcow2"
+    assert_success
+    judge "$T/s.raw" "$T/t.qcow2" -f raw
+}
+
+# QEMU opens no image whose refcount table is over 8 MiB: 512-byte clusters with 64-bit
+# refcounts reach it near 32 GiB of file.
+@test "the refcount table never grows past QEMU's 8 MiB" {
+    qemu-img create -q -f qcow2 -o cluster_size=512,refcount_bits=64 "$T/t.qcow2" 1M
+    truncate -s 30G "$T/t.qcow2"
+    truncate -s 1M "$T/s.raw"
+    qemu-io -f raw -c 'write -P 5 0 1M' "$T/s.raw" > /dev/null
+    run "$MI" copy -n -O qcow2 "$T/s.raw" "$T/t.qcow2"
+    if [ "$status" -eq 0 ]; then
+        judge "$T/s.raw" "$T/t.qcow2" -f raw
+    else
+        assert_output --partial "refcount table would outgrow"
+        run qemu-img check "$T/t.qcow2"
+        assert_success
+    fi
+    rt=$(python3 -c 'import struct,sys; f=open(sys.argv[1],"rb"); f.seek(56); print(struct.unpack(">I", f.read(4))[0])' "$T/t.qcow2")
+    [ $((rt * 512)) -le $((8 << 20)) ] || fail "the refcount table has $rt clusters"
+}
+
+@test "-c and -o with -n are refused: they shape a new image" {
+    qemu-img create -q -f qcow2 "$T/t.qcow2" 16M
+    for opt in -c "-o cluster_size=4096"; do
+        # shellcheck disable=SC2086
+        run "$MI" copy -n -O qcow2 $opt "$S/src.raw" "$T/t.qcow2"
+        assert_failure 2
+        assert_output --partial "-n writes into the existing one as it is"
+    done
+}

@@ -18,6 +18,9 @@
  *   SHORTIO_REPORT  at exit, append "pid=P seed=S faults=N eintr=N short=N zero=N
  *                   calls=N" to this file (default: stderr); calls counts the calls
  *                   on disturbed files, faults those that got a fault
+ *   SHORTIO_EIO_AT  a host offset: the first pwrite or pwrite64 (of any file, whatever
+ *                   SHORTIO_PATHS says) whose range holds it fails with EIO, once per
+ *                   process (the other modes go on as configured)
  *   SHORTIO_FSYNC_DELAY_MS  fsync and fdatasync of a file under SHORTIO_PATHS sleep this
  *                   long before the real call (default 0: no delay; independent of
  *                   SHORTIO_RATE, which may be 0)
@@ -296,12 +299,41 @@ PLAIN(read(int fd, void *buf, size_t n), false, read, (fd, buf, n), (fd, buf, s)
 PLAIN(write(int fd, const void *buf, size_t n), true, write, (fd, buf, n), (fd, buf, s))
 PLAIN(pread(int fd, void *buf, size_t n, off_t off), false, pread, (fd, buf, n, off),
       (fd, buf, s, off))
-PLAIN(pwrite(int fd, const void *buf, size_t n, off_t off), true, pwrite, (fd, buf, n, off),
+PLAIN(shortio_pwrite(int fd, const void *buf, size_t n, off_t off), true, pwrite, (fd, buf, n, off),
       (fd, buf, s, off))
 PLAIN(pread64(int fd, void *buf, size_t n, off64_t off), false, pread64, (fd, buf, n, off),
       (fd, buf, s, off))
-PLAIN(pwrite64(int fd, const void *buf, size_t n, off64_t off), true, pwrite64,
+PLAIN(shortio_pwrite64(int fd, const void *buf, size_t n, off64_t off), true, pwrite64,
       (fd, buf, n, off), (fd, buf, s, off))
+
+/* SHORTIO_EIO_AT: does this positional write fail (the first one over the offset)? */
+static bool eio_at(off64_t off, size_t n)
+{
+    static int state; /* 0: not read yet, 1: armed, 2: off or spent */
+    static uint64_t at;
+    if (__atomic_load_n(&state, __ATOMIC_ACQUIRE) == 0) {
+        const char *s = getenv("SHORTIO_EIO_AT");
+        at = s && *s ? strtoull(s, NULL, 0) : 0;
+        __atomic_store_n(&state, s && *s ? 1 : 2, __ATOMIC_RELEASE);
+    }
+    int armed = 1;
+    if (!n || (uint64_t)off > at || at - (uint64_t)off >= n ||
+        !__atomic_compare_exchange_n(&state, &armed, 2, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        return false;
+    errno = EIO;
+    return true;
+}
+
+EXPORT ssize_t pwrite(int fd, const void *buf, size_t n, off_t off)
+{
+    return eio_at(off, n) ? -1 : shortio_pwrite(fd, buf, n, off);
+}
+
+EXPORT ssize_t pwrite64(int fd, const void *buf, size_t n, off64_t off)
+{
+    return eio_at(off, n) ? -1 : shortio_pwrite64(fd, buf, n, off);
+}
+
 
 /* Vectored calls: the same, with the list trimmed to the short length; the arguments
  * after the list (offset, flags) follow it unchanged. */
