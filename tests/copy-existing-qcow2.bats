@@ -587,7 +587,7 @@ eio_copy() {
     assert_output --partial '"BLOCK_JOB_ERROR"'
 }
 
-judge() { # judge SRC DST [compare options]
+same_and_clean() { # same_and_clean SRC DST [compare options]
     run qemu-img compare "${@:3}" "$1" "$2"
     assert_success
     run qemu-img check "$2"
@@ -605,7 +605,7 @@ judge() { # judge SRC DST [compare options]
     qemu-io -f raw -c 'write -P 1 4k 4k' "$T/s.raw" > /dev/null
     eio_copy "$host" "$T/s.raw" "$T/t.qcow2"
     assert_success
-    judge "$T/s.raw" "$T/t.qcow2" -f raw
+    same_and_clean "$T/s.raw" "$T/t.qcow2" -f raw
 }
 
 # Extended L2 under --sync=top: a subcluster's bitmap must not say allocated before its data
@@ -620,7 +620,7 @@ judge() { # judge SRC DST [compare options]
     end=$(stat -c %s "$T/t.qcow2")
     eio_copy $(( (end + 2097151) / 2097152 * 2097152 + 2097152 )) --sync=top "$T/s.qcow2" "$T/t.qcow2"
     assert_success
-    judge "$T/s.qcow2" "$T/t.qcow2"
+    same_and_clean "$T/s.qcow2" "$T/t.qcow2"
 }
 
 @test "a failed write into a new cluster leaks nothing" {
@@ -631,7 +631,7 @@ judge() { # judge SRC DST [compare options]
     end=$(stat -c %s "$T/t.qcow2")
     eio_copy $(( (end + 65535) / 65536 * 65536 + 65536 )) "$T/s.raw" "$T/t.qcow2"
     assert_success
-    judge "$T/s.raw" "$T/t.qcow2" -f raw
+    same_and_clean "$T/s.raw" "$T/t.qcow2" -f raw
 }
 
 # QEMU opens no image whose refcount table is over 8 MiB: 512-byte clusters with 64-bit
@@ -643,7 +643,7 @@ judge() { # judge SRC DST [compare options]
     qemu-io -f raw -c 'write -P 5 0 1M' "$T/s.raw" > /dev/null
     run "$MI" copy -n -O qcow2 "$T/s.raw" "$T/t.qcow2"
     if [ "$status" -eq 0 ]; then
-        judge "$T/s.raw" "$T/t.qcow2" -f raw
+        same_and_clean "$T/s.raw" "$T/t.qcow2" -f raw
     else
         assert_output --partial "refcount table would outgrow"
         run qemu-img check "$T/t.qcow2"
