@@ -10,7 +10,7 @@ CC ?= gcc
 CFLAGS ?= -O2 -g
 B ?= build
 
-PKGS := libqcow zlib libzstd libnbd
+PKGS := libqcow zlib libzstd libnbd libcrypto
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 

@@ -4,6 +4,7 @@
 #include "control.h"
 #include "events.h"
 #include "jobctl.h"
+#include "checksum.h"
 #include "compare.h"
 #include "nbd-config.h"
 #include "target.h"
@@ -26,11 +27,31 @@ static const struct argp copy_argp = {
     children, NULL, NULL,
 };
 
+/* The source, its info and the target. */
+struct copy {
+    struct mi_opts *o;
+    struct ep *src;
+    struct ep_info si;
+    struct stat src_st;
+    bool src_file; /* a regular file: checked unchanged after the copy */
+    struct target t;
+    struct job job;
+    struct ck *ck; /* --checksum */
+    char hex[2 * CK_DIGEST + 1];
+};
+
 static void completed_members(struct json *j, void *arg)
 {
-    struct job *job = arg;
-    json_u64_member(j, "bytes_copied", job->bytes_copied);
-    json_u64_member(j, "duration_ms", (job->end_ns - job->start_ns) / 1000000);
+    struct copy *c = arg;
+    json_u64_member(j, "bytes_copied", c->job.bytes_copied);
+    json_u64_member(j, "duration_ms", (c->job.end_ns - c->job.start_ns) / 1000000);
+    if (c->hex[0])
+        json_str_member(j, "checksum", c->hex);
+}
+
+static void feed(void *ctx, uint64_t off, uint64_t len, const void *buf)
+{
+    ck_feed(ctx, off, len, buf);
 }
 
 /* copy is offline: a source file written while it was read leaves a target that is not a
@@ -69,17 +90,6 @@ static int verify(struct ep *src, struct ep *dst)
     return 0;
 }
 
-/* The source, its info and the target. */
-struct copy {
-    struct mi_opts *o;
-    struct ep *src;
-    struct ep_info si;
-    struct stat src_st;
-    bool src_file; /* a regular file: checked unchanged after the copy */
-    struct target t;
-    struct job job;
-};
-
 static int copy_open(struct copy *c)
 {
     struct mi_opts *o = c->o;
@@ -115,6 +125,9 @@ static int copy_run(struct copy *c)
         .on_target_error = o->on_target_error, .sync_top = o->sync_top,
         .target_is_zero = o->target_is_zero, .seed_async = c->t.created,
     };
+    if (o->checksum && !(c->ck = ck_new(c->src->size)))
+        return -ENOMEM;
+    jc.on_read = c->ck ? feed : NULL, jc.read_ctx = c->ck;
     int r = job_init(&c->job, &jc);
     struct jobctl ctl = {.job = &c->job};
     struct control *sock = NULL;
@@ -135,6 +148,9 @@ static int copy_run(struct copy *c)
         r = check_source_unchanged(o->args[0], &c->src_st);
     if (r == 0 && o->verify)
         r = verify(c->src, c->t.ep);
+    if (r == 0 && c->ck) /* blocks the job did not read (zeros it skipped) by block status */
+        r = ck_final(c->ck, c->src, c->hex);
+    ck_free(c->ck);
     control_stop(sock);
     return r;
 }
@@ -157,7 +173,9 @@ static int copy_end(struct copy *c, int r)
         job_conclude(&c->job, rc, NULL, NULL);
     }
     if (code == MI_EXIT_OK) {
-        job_conclude(&c->job, 0, completed_members, &c->job);
+        job_conclude(&c->job, 0, completed_members, c);
+        if (c->hex[0] && !o->json)
+            printf("%s  %s\n", c->hex, o->args[1]);
         if (!o->quiet && !o->json && o->verbose) {
             char b1[32];
             fprintf(stderr, "mirror-img: copy: %s copied in %.2f s\n",

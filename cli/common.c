@@ -1,5 +1,6 @@
 /* common.c: see common.h. */
 #include "common.h"
+#include "checksum.h"
 #include "util.h"
 
 #include <errno.h>
@@ -15,6 +16,7 @@ enum {
     OPT_FORCE = 1000, OPT_SYNC, OPT_TARGET_IS_ZERO, OPT_BUF_SIZE, OPT_ON_SRC, OPT_ON_TGT,
     OPT_JSON, OPT_SOCKET, OPT_JOURNAL, OPT_INCREMENTAL, OPT_VERIFY, OPT_PASSWORD_FILE,
     OPT_NO_BACKING, OPT_TLS_PSK, OPT_TLS_CERTS, OPT_CONNECTIONS, OPT_LEASE, OPT_AUTO_CONVERGE,
+    OPT_CHECKSUM,
 };
 
 static const struct argp_option options[] = {
@@ -43,6 +45,7 @@ static const struct argp_option options[] = {
     {"incremental", OPT_INCREMENTAL, 0, 0, "Copy only what the journal saw change since the last "
      "run to this target (the first run copies everything)", 4},
     {"verify", OPT_VERIFY, 0, 0, "Read the target back and compare at the end", 4},
+    {"checksum", OPT_CHECKSUM, 0, 0, "copy: hash what is copied while copying (as `mirror-img checksum` does) and print it", 4},
     {"tls-psk-file", OPT_TLS_PSK, "FILE", 0, "TLS pre-shared keys for nbds:// URIs", 4},
     {"tls-certificates", OPT_TLS_CERTS, "DIR", 0, "TLS certificates directory for nbds:// URIs", 4},
     {"connections", OPT_CONNECTIONS, "N", 0, "NBD connections when the server allows multi-conn (default 4)", 4},
@@ -179,6 +182,7 @@ static error_t parse_opt(int key, char *arg, struct argp_state *st)
     case OPT_ON_SRC: o->on_source_error = parse_policy(arg, st, "--on-source-error"); break;
     case OPT_ON_TGT: o->on_target_error = parse_policy(arg, st, "--on-target-error"); break;
     case OPT_VERIFY: o->verify = true; break;
+    case OPT_CHECKSUM: o->checksum = true; break;
     case OPT_JOURNAL: o->journal = arg; break;
     case OPT_INCREMENTAL: o->incremental = true; break;
     case OPT_PASSWORD_FILE: o->password_file = arg; break;
@@ -230,6 +234,11 @@ int mi_opts_check(struct mi_opts *o)
         return cli_usage(o->sub, "--incremental needs --journal");
     if (o->journal && !o->incremental && !strcmp(o->sub, "copy"))
         return cli_usage(o->sub, "--journal goes with --incremental (or with follow)");
+    if (o->checksum && (strcmp(o->sub, "copy") || o->incremental || o->sync_top))
+        return cli_usage(o->sub, "--checksum hashes a whole image copied by copy: not with "
+                         "follow, --incremental or --sync=top (what is copied is not the image)");
+    if (o->checksum && o->granularity && o->granularity < CK_BLOCK)
+        o->granularity = CK_BLOCK; /* requests hold whole blocks of the hash */
     if (o->existing && (o->compress || o->create_set))
         return cli_usage(o->sub, "-c and -o shape a new image; -n writes into the existing one as "
                          "it is");

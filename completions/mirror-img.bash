@@ -3,13 +3,13 @@
 # option `mirror-img SUB --help` prints appears here.  Options that take a value end in
 # '=' below.
 
-_mirror_img_cmds="cancel compare complete copy follow info journal pause resume run set-speed status"
+_mirror_img_cmds="cancel checksum compare complete copy follow info journal pause resume run set-speed status"
 
 _mirror_img_std="--help --usage --version"
 # cli/common.c: the options copy shares with follow.
 _mirror_img_common="--format= --target-format= --options= --compress --password-file= --no-backing
  --existing --force --target-is-zero --sync= --granularity= --buf-size= --threads= --speed=
- --on-source-error= --on-target-error= --verify --tls-psk-file= --tls-certificates=
+ --on-source-error= --on-target-error= --verify --checksum --tls-psk-file= --tls-certificates=
  --connections= --incremental --journal= --progress --json --socket= --verbose --quiet"
 _mirror_img_common_short="-f -O -o -c -n -g -j -s -p -v -q"
 
@@ -20,6 +20,7 @@ _mirror_img_opts() {
     follow) echo "$_mirror_img_common $_mirror_img_common_short --lease= --auto-converge" ;;
     info) echo "--format= --json --password-file= -f" ;;
     compare) echo "--format-a= --format-b= --quiet --strict -f -F -q -s" ;;
+    checksum) echo "--format= --threads= --json --password-file= -f -j" ;;
     complete) echo "--pivot" ;;
     status) echo "--json" ;;
     run) echo "--journal= --granularity= --max-size= -g" ;;

@@ -2,12 +2,13 @@
 # Written by hand from the argp tables in cli/; tests/docs.bats checks that every long
 # option `mirror-img SUB --help` prints appears here.
 
-set -l __mi_cmds cancel compare complete copy follow info journal pause resume run set-speed status
+set -l __mi_cmds cancel checksum compare complete copy follow info journal pause resume run set-speed status
 
 complete -c mirror-img -f
 
 # Subcommands.
 complete -c mirror-img -n "not __fish_seen_subcommand_from $__mi_cmds" -a cancel -d 'Stop a job now (the target is not consistent)'
+complete -c mirror-img -n "not __fish_seen_subcommand_from $__mi_cmds" -a checksum -d 'Print a block-based hash of what an image reads as'
 complete -c mirror-img -n "not __fish_seen_subcommand_from $__mi_cmds" -a compare -d 'Compare two images (exit 0 same, 1 different, 2 error)'
 complete -c mirror-img -n "not __fish_seen_subcommand_from $__mi_cmds" -a complete -d 'Finish a follow job (--pivot: move the writers to the target)'
 complete -c mirror-img -n "not __fish_seen_subcommand_from $__mi_cmds" -a copy -d 'Mirror an image offline (SRC to DST)'
@@ -46,6 +47,7 @@ complete -c mirror-img -n $__mi_copy -s s -l speed -x -d 'Limit in bytes per sec
 complete -c mirror-img -n $__mi_copy -l on-source-error -x -a 'report ignore enospc stop' -d 'Policy for source errors'
 complete -c mirror-img -n $__mi_copy -l on-target-error -x -a 'report ignore enospc stop' -d 'Policy for target errors'
 complete -c mirror-img -n $__mi_copy -l verify -d 'Read the target back and compare at the end'
+complete -c mirror-img -n $__mi_copy -l checksum -d 'copy: hash what is copied while copying and print it'
 complete -c mirror-img -n $__mi_copy -l tls-psk-file -r -F -d 'TLS pre-shared keys for nbds:// URIs'
 complete -c mirror-img -n $__mi_copy -l tls-certificates -x -a '(__fish_complete_directories)' -d 'TLS certificates directory'
 complete -c mirror-img -n $__mi_copy -l connections -x -d 'NBD connections (multi-conn)'
@@ -68,6 +70,14 @@ complete -c mirror-img -n $__mi_info -F
 complete -c mirror-img -n $__mi_info -s f -l format -x -a 'raw qcow2 qcow' -d 'Image format'
 complete -c mirror-img -n $__mi_info -l json -d 'Print JSON'
 complete -c mirror-img -n $__mi_info -l password-file -r -F -d 'Password of a legacy AES-encrypted image'
+
+# checksum
+set -l __mi_checksum '__fish_seen_subcommand_from checksum'
+complete -c mirror-img -n $__mi_checksum -F
+complete -c mirror-img -n $__mi_checksum -s f -l format -x -a 'raw qcow2 qcow' -d 'Image format'
+complete -c mirror-img -n $__mi_checksum -s j -l threads -x -d 'Hash with N threads'
+complete -c mirror-img -n $__mi_checksum -l json -d 'Print JSON'
+complete -c mirror-img -n $__mi_checksum -l password-file -r -F -d 'Password of a legacy AES-encrypted image'
 
 # compare
 set -l __mi_compare '__fish_seen_subcommand_from compare'

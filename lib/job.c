@@ -667,6 +667,16 @@ static enum idle_action on_empty(struct job *job)
     return IDLE_AGAIN;
 }
 
+/* on_read: the request as the source reads, zero units (not read) filled in. */
+static void show_read(struct job *job, struct job_req *q)
+{
+    uint64_t nunits = (q->len + job->unit - 1) / job->unit;
+    for (uint64_t u = 0; u < nunits; u++)
+        if (q->cls[u] == U_ZERO || q->cls[u] == U_UNALLOC)
+            memset(q->buf + u * job->unit, 0, mi_min(job->unit, q->len - u * job->unit));
+    job->c.on_read(job->c.read_ctx, q->off, q->len, q->buf);
+}
+
 /* With the lock held (dropped meanwhile): copy the run of n chunks at first with q's
  * buffers, or only read it and queue it for the write pipe. */
 static inline void run_req(struct job *job, struct job_req *q, uint64_t first, uint64_t n)
@@ -682,6 +692,8 @@ static inline void run_req(struct job *job, struct job_req *q, uint64_t first, u
     q->len = mi_min(n * job->chunk, size - mi_min(q->off, size));
     struct werr e = {0, false};
     int r = q->len ? read_range(job, q->buf, q->cls, q->off, q->len, &e) : 0;
+    if (r == 0 && q->len && job->c.on_read)
+        show_read(job, q);
     if (r == 0 && q->len && !job->pipe)
         r = write_range(job, q->buf, q->cls, q->off, q->len, &e);
 

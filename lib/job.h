@@ -78,6 +78,11 @@ struct job_config {
                                * written before an error in the source's map shows) */
     unsigned max_passes;      /* ignore policy: passes over failing chunks (0 = 5) */
     const struct job_supply *supply;
+    /* Optional: what each request read, [off, off+len) of the source as a guest reads it
+     * (zero ranges filled with zeros), before it is written (copy --checksum).  Called from
+     * the workers at once; a request read again after an error is seen again. */
+    void (*on_read)(void *ctx, uint64_t off, uint64_t len, const void *buf);
+    void *read_ctx;
     /* Optional: more members for status answers and progress events (follow's backlog). */
     void (*extra)(struct json *j, void *ctx);
     void *extra_ctx;

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Install the Debian packages mirror-img needs to build and test, when any is missing.
-# Build: gcc make pkg-config libqcow-dev zlib1g-dev libzstd-dev libnbd-dev.
+# Build: gcc make pkg-config libqcow-dev zlib1g-dev libzstd-dev libnbd-dev libssl-dev.
 # Tests: bats bats-support bats-assert qemu-utils nbdkit libnbd-bin fio python3 groff,
 # zsh and fish (completions), clang and its runtime (fuzzing), valgrind, gnuplot and
 # hyperfine (make bench), openssl (TLS tests) and strace; mount (losetup), e2fsprogs,
@@ -8,7 +8,7 @@
 # on loop devices; qemu-system-x86, linux-image-cloud-amd64, busybox-static and cpio for
 # the guest that writes its disk while followed (tests/follow-guest.bats).
 set -e
-pkgs="gcc make pkg-config libqcow-dev zlib1g-dev libzstd-dev libnbd-dev
+pkgs="gcc make pkg-config libqcow-dev zlib1g-dev libzstd-dev libnbd-dev libssl-dev
       bats bats-support bats-assert qemu-utils nbdkit libnbd-bin fio python3 groff-base
       procps util-linux time zsh fish man-db clang-14 libclang-rt-14-dev valgrind
       gnuplot-nox hyperfine binutils mount e2fsprogs xfsprogs btrfs-progs openssl strace
