@@ -45,6 +45,8 @@ static void completed_members(struct json *j, void *arg)
     struct copy *c = arg;
     json_u64_member(j, "bytes_copied", c->job.bytes_copied);
     json_u64_member(j, "duration_ms", (c->job.end_ns - c->job.start_ns) / 1000000);
+    json_u64_member(j, "bytes_cloned", c->job.off.cloned);
+    json_u64_member(j, "bytes_offloaded", c->job.off.offloaded);
     if (c->hex[0])
         json_str_member(j, "checksum", c->hex);
 }
@@ -124,6 +126,7 @@ static int copy_run(struct copy *c)
         .speed = o->speed, .on_source_error = o->on_source_error,
         .on_target_error = o->on_target_error, .sync_top = o->sync_top,
         .target_is_zero = o->target_is_zero, .seed_async = c->t.created,
+        .offload = !o->no_offload && !o->checksum,
     };
     if (o->checksum && !(c->ck = ck_new(c->src->size)))
         return -ENOMEM;
@@ -178,9 +181,12 @@ static int copy_end(struct copy *c, int r)
             printf("%s  %s\n", c->hex, o->args[1]);
         if (!o->quiet && !o->json && o->verbose) {
             char b1[32];
-            fprintf(stderr, "mirror-img: copy: %s copied in %.2f s\n",
-                    mi_fmt_bytes(c->job.bytes_copied, b1, sizeof b1),
-                    (double)(c->job.end_ns - c->job.start_ns) / 1e9);
+            char b2[32], b3[32];
+            fprintf(stderr, "mirror-img: copy: %s copied in %.2f s (%s cloned, %s copied by "
+                    "the kernel)\n", mi_fmt_bytes(c->job.bytes_copied, b1, sizeof b1),
+                    (double)(c->job.end_ns - c->job.start_ns) / 1e9,
+                    mi_fmt_bytes(c->job.off.cloned, b2, sizeof b2),
+                    mi_fmt_bytes(c->job.off.offloaded, b3, sizeof b3));
         }
     } else if (c->t.created) {
         unlink(o->args[1]);

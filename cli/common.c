@@ -16,7 +16,7 @@ enum {
     OPT_FORCE = 1000, OPT_SYNC, OPT_TARGET_IS_ZERO, OPT_BUF_SIZE, OPT_ON_SRC, OPT_ON_TGT,
     OPT_JSON, OPT_SOCKET, OPT_JOURNAL, OPT_INCREMENTAL, OPT_VERIFY, OPT_PASSWORD_FILE,
     OPT_NO_BACKING, OPT_TLS_PSK, OPT_TLS_CERTS, OPT_CONNECTIONS, OPT_LEASE, OPT_AUTO_CONVERGE,
-    OPT_CHECKSUM,
+    OPT_CHECKSUM, OPT_NO_OFFLOAD,
 };
 
 static const struct argp_option options[] = {
@@ -36,6 +36,7 @@ static const struct argp_option options[] = {
     {0, 0, 0, 0, "Engine:", 3},
     {"granularity", 'g', "SIZE", 0, "Dirty-bitmap chunk size, a power of two 512..64M (default 64K)", 3},
     {"buf-size", OPT_BUF_SIZE, "SIZE", 0, "Memory for buffers across all workers (default 16M)", 3},
+    {"no-offload", OPT_NO_OFFLOAD, 0, 0, "copy: read and write every data range (no cloning by the file system)", 3},
     {"threads", 'j', "N", 0, "Worker threads (default: the number of cores)", 3},
     {"speed", 's', "RATE", 0, "Limit to RATE bytes per second (K/M/G suffixes; 0 = unlimited)", 3},
     {"on-source-error", OPT_ON_SRC, "POLICY", 0, "report, ignore, enospc or stop (default report)", 3},
@@ -183,6 +184,7 @@ static error_t parse_opt(int key, char *arg, struct argp_state *st)
     case OPT_ON_TGT: o->on_target_error = parse_policy(arg, st, "--on-target-error"); break;
     case OPT_VERIFY: o->verify = true; break;
     case OPT_CHECKSUM: o->checksum = true; break;
+    case OPT_NO_OFFLOAD: o->no_offload = true; break;
     case OPT_JOURNAL: o->journal = arg; break;
     case OPT_INCREMENTAL: o->incremental = true; break;
     case OPT_PASSWORD_FILE: o->password_file = arg; break;

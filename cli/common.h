@@ -18,7 +18,7 @@ struct mi_opts {
     bool progress, json, quiet, verbose;
     const char *socket;
     const char *journal;
-    bool incremental, verify, checksum;
+    bool incremental, verify, checksum, no_offload;
     unsigned threads;
     bool threads_set; /* -j given (else NBD endpoints get more workers) */
     const char *password_file;

@@ -80,6 +80,13 @@ struct ep_ops {
      * on the range past the smaller of the two sizes. */
     int (*resize)(struct ep *ep, uint64_t size);
 
+    /* Optional (may be NULL): where the guest range at off is stored as plain bytes of a
+     * local file, for copy offload (FICLONERANGE, copy_file_range): *fd, the offset there
+     * (*host) and the length of the run so stored (0 < *len <= max).  -ENOTSUP (no
+     * message) where it is not: compressed or encrypted data, zeros, an NBD export. */
+    int (*extent)(struct ep *ep, uint64_t off, uint64_t max, int *fd, uint64_t *host,
+                  uint64_t *len);
+
     /* Optional (may be NULL): see ep_refresh. */
     int (*refresh)(struct ep *ep, uint64_t off, uint64_t len, bool conservative,
                    void (*dirty)(void *ctx, uint64_t off, uint64_t len), void *ctx);

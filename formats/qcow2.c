@@ -485,6 +485,26 @@ static int q2_close(struct ep *ep)
     return 0;
 }
 
+/* Normal clusters are plain bytes of the image (or data) file; unallocated ones are the
+ * backing file's, where it has them. */
+static int q2_extent(struct ep *ep, uint64_t off, uint64_t max, int *fd, uint64_t *host,
+                     uint64_t *len)
+{
+    struct qcow2 *q = (struct qcow2 *)ep;
+    struct run r;
+    if (q->has_hooks || q->crypt || off >= q->size || map_run(q, off, mi_min(max, q->size - off),
+                                                              false, &r) < 0)
+        return -ENOTSUP;
+    if (r.type == QCOW2_C_NORMAL) {
+        *fd = q->data_fd, *host = r.host, *len = r.len;
+        return 0;
+    }
+    struct ep *b = q->backing;
+    if (r.type != QCOW2_C_UNALLOC || !b || !b->ops->extent || off >= b->size)
+        return -ENOTSUP;
+    return b->ops->extent(b, off, mi_min(r.len, b->size - off), fd, host, len);
+}
+
 static const struct ep_ops qcow2_ops = {
     .name = "qcow2",
     .block_status = q2_block_status,
@@ -495,6 +515,7 @@ static const struct ep_ops qcow2_ops = {
     .close = q2_close,
     .info = q2_info,
     .refresh = qcow2_live_refresh,
+    .extent = q2_extent,
 };
 
 

@@ -251,6 +251,17 @@ static int raw_refresh(struct ep *ep, uint64_t off, uint64_t len, bool conservat
     return 0;
 }
 
+/* A regular file stores every byte at its own offset. */
+static int raw_extent(struct ep *ep, uint64_t off, uint64_t max, int *fd, uint64_t *host,
+                      uint64_t *len)
+{
+    struct raw *r = (struct raw *)ep;
+    if (!r->is_reg || off >= ep->size)
+        return -ENOTSUP;
+    *fd = r->fd, *host = off, *len = mi_min(max, ep->size - off);
+    return 0;
+}
+
 static const struct ep_ops raw_ops = {
     .name = "raw",
     .block_status = raw_block_status,
@@ -261,6 +272,7 @@ static const struct ep_ops raw_ops = {
     .close = raw_close,
     .resize = raw_resize,
     .refresh = raw_refresh,
+    .extent = raw_extent,
 };
 
 static struct ep *raw_from_fd(const char *name, int fd, bool writable)

@@ -1,5 +1,6 @@
 /* job.c: the mirror engine; see job.h for the model. */
 #include "job.h"
+#include "offload.h"
 #include "events.h"
 #include "util.h"
 
@@ -195,6 +196,7 @@ int job_init(struct job *job, const struct job_config *c)
                             !(c->target_is_zero || (c->dst->caps & EP_CAP_IS_ZERO));
     job->need_back = c->sync_top && (c->dst->caps & EP_CAP_BACKING) &&
                      !(c->target_is_zero || (c->dst->caps & EP_CAP_IS_ZERO));
+    offload_init(&job->off, c->offload, c->src, c->dst);
     pthread_mutex_init(&job->lock, NULL);
     pthread_cond_init(&job->cond, NULL);
     pthread_cond_init(&job->pipe_cond, NULL);
@@ -292,7 +294,7 @@ void job_mark_dirty(struct job *job, uint64_t off, uint64_t len)
 
 /* What a unit holds: classify gives the first three (a unit takes the strongest of what it
  * holds); read_range turns data units that read as zeroes into U_DATA_ZERO. */
-enum { U_UNALLOC, U_ZERO, U_DATA, U_DATA_ZERO };
+enum { U_UNALLOC, U_ZERO, U_DATA, U_DATA_ZERO, U_DONE /* offloaded: nothing to write */ };
 
 /* Classify each unit of [off, off+len) from the source's block status. */
 static int classify(struct job *job, uint64_t off, uint64_t len, uint8_t *cls)
@@ -357,6 +359,19 @@ static int read_range(struct job *job, char *buf, uint8_t *cls, uint64_t off, ui
         while (v < nunits && cls[v] == cls[u])
             v++;
         uint64_t a = off + u * job->unit, b = mi_min(off + v * job->unit, off + len);
+        if (cls[u] == U_DATA && job->off.on) { /* what the kernel copies is not read */
+            uint64_t done = offload_run(&job->off, job->c.src, job->c.dst, a, b - a);
+            throttle(job, done);
+            __atomic_fetch_add(&job->bytes_copied, done, __ATOMIC_RELAXED);
+            uint64_t du = (b == off + len && done == b - a) ? v - u : done / job->unit;
+            memset(cls + u, U_DONE, du);
+            a += du * job->unit;
+            if (u + du == v) {
+                u = v;
+                continue;
+            }
+            u += du;
+        }
         if (cls[u] == U_DATA) {
             throttle(job, b - a);
             r = src->ops->pread(src, buf + (a - off), b - a, a);
@@ -388,7 +403,9 @@ static int write_range(struct job *job, const char *buf, const uint8_t *cls, uin
                                                             cls[v] == U_DATA_ZERO))))
             v++;
         uint64_t a = off + u * job->unit, b = mi_min(off + v * job->unit, off + len);
-        if (cls[u] == U_DATA) {
+        if (cls[u] == U_DONE) {
+            /* offloaded: copied already */
+        } else if (cls[u] == U_DATA) {
             int r = dst->ops->pwrite(dst, buf + (a - off), b - a, a);
             if (r < 0) {
                 e->rc = r, e->target = true;

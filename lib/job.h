@@ -26,6 +26,7 @@
 #include "bitmap.h"
 #include "bucket.h"
 #include "endpoint.h"
+#include "offload.h"
 #include "json.h"
 
 #include <pthread.h>
@@ -73,6 +74,9 @@ struct job_config {
     bool zero_always;         /* write zero ranges even to a target that reads as zeros
                                * now (follow: writers punch holes later) */
     bool no_seed;             /* don't seed from block status (the supply decides) */
+    bool offload;             /* data ranges the file system can share are cloned
+                               * (FICLONERANGE; copy_file_range for unaligned tails and
+                               * on NFS/SMB) instead of read and written */
     bool seed_async;          /* seed in a thread of its own while the copy starts (a
                                * target created for the job: nothing of the user's is
                                * written before an error in the source's map shows) */
@@ -149,6 +153,7 @@ struct job {
     uint64_t offset;        /* progress: work done */
     uint64_t bytes_copied;  /* bytes written to the target (data, not zeroes) */
     uint64_t bytes_zeroed;
+    struct offload off;       /* copy offload (offload.h): bytes cloned, copied by the kernel */
     uint64_t start_ns, end_ns;
     pthread_t *threads;
 };
