@@ -44,11 +44,24 @@ static void completed_members(struct json *j, void *arg)
 {
     struct copy *c = arg;
     json_u64_member(j, "bytes_copied", c->job.bytes_copied);
+    json_u64_member(j, "bytes_read", c->job.bytes_read);
     json_u64_member(j, "duration_ms", (c->job.end_ns - c->job.start_ns) / 1000000);
     json_u64_member(j, "bytes_cloned", c->job.off.cloned);
     json_u64_member(j, "bytes_offloaded", c->job.off.offloaded);
     if (c->hex[0])
         json_str_member(j, "checksum", c->hex);
+}
+
+static void mark(void *ctx, uint64_t off, uint64_t len) { job_mark(ctx, off, len); }
+
+/* --bitmap: what the source's dirty bitmap marks (zeros inside it are zeroed). */
+static int seed_bitmap(void *ctx, struct job *job)
+{
+    struct copy *c = ctx;
+    if (!c->src->ops->dirty)
+        return mi_seterr(ENOTSUP, "%s: has no dirty bitmaps (a qcow2 image's persistent ones, "
+                         "or an NBD export's qemu:dirty-bitmap)", c->src->name);
+    return c->src->ops->dirty(c->src, c->o->bitmap, mark, job);
 }
 
 static void feed(void *ctx, uint64_t off, uint64_t len, const void *buf)
@@ -96,7 +109,8 @@ static int copy_open(struct copy *c)
 {
     struct mi_opts *o = c->o;
     c->src = ep_open(o->args[0], &(struct ep_open_opts){.format = o->src_fmt,
-                     .password_file = o->password_file, .no_backing = o->no_backing}, false);
+                     .password_file = o->password_file, .no_backing = o->no_backing,
+                     .bitmap = o->bitmap}, false);
     if (!c->src)
         return -EIO;
     c->src_file = !ep_is_nbd_uri(o->args[0]) && stat(o->args[0], &c->src_st) == 0 &&
@@ -131,6 +145,8 @@ static int copy_run(struct copy *c)
     if (o->checksum && !(c->ck = ck_new(c->src->size)))
         return -ENOMEM;
     jc.on_read = c->ck ? feed : NULL, jc.read_ctx = c->ck;
+    if (o->bitmap)
+        jc.seed_from = seed_bitmap, jc.seed_ctx = c;
     int r = job_init(&c->job, &jc);
     struct jobctl ctl = {.job = &c->job};
     struct control *sock = NULL;

@@ -51,6 +51,25 @@ static const struct argp info_argp = {options, parse_opt, "IMAGE",
     "Show an image's format, virtual size, allocation, cluster size, features and backing chain.",
     NULL, NULL, NULL};
 
+/* The bitmaps as qemu-img info --output=json shows them: name, granularity, flags. */
+static void bitmaps_json(struct json *j, const struct ep_bitmap *bm, unsigned n)
+{
+    json_arr_begin(j, "bitmaps");
+    for (unsigned i = 0; i < n; i++) {
+        json_obj_begin(j, NULL);
+        json_str_member(j, "name", bm[i].name);
+        json_u64_member(j, "granularity", bm[i].granularity);
+        json_arr_begin(j, "flags");
+        if (bm[i].enabled)
+            json_str_member(j, NULL, "auto");
+        if (bm[i].in_use)
+            json_str_member(j, NULL, "in-use");
+        json_arr_end(j);
+        json_obj_end(j);
+    }
+    json_arr_end(j);
+}
+
 /* One image's description, then its backing file's, down the chain. */
 static int describe(const char *name, const struct info_opts *o, struct json *j, int depth)
 {
@@ -59,10 +78,17 @@ static int describe(const char *name, const struct info_opts *o, struct json *j,
     if (!ep)
         return -1;
     struct ep_info in;
+    static struct ep_bitmap bm[64];
+    unsigned nbm = 0;
     int r = ep_get_info(ep, &in, true);
+    if (r == 0 && ep->ops->bitmaps && ep->ops->bitmaps(ep, bm, 64, &nbm) < 0) {
+        nbm = 0; /* stale or broken bitmaps: the rest of the image is still described */
+        mi_clearerr();
+    }
     ep_close(ep);
     if (r < 0)
         return -1;
+    nbm = nbm > 64 ? 64 : nbm;
     char b1[32], b2[32], b3[32];
     if (o->json) {
         json_obj_begin(j, NULL);
@@ -82,6 +108,8 @@ static int describe(const char *name, const struct info_opts *o, struct json *j,
         for (char *f = strtok_r(feats, ",", &save); f; f = strtok_r(NULL, ",", &save))
             json_str_member(j, NULL, f);
         json_arr_end(j);
+        if (nbm)
+            bitmaps_json(j, bm, nbm);
         if (in.backing_file[0]) {
             json_str_member(j, "backing-filename", in.backing_file);
             json_str_member(j, "full-backing-filename", in.backing_path);
@@ -100,6 +128,10 @@ static int describe(const char *name, const struct info_opts *o, struct json *j,
             printf("version: %d\n", in.version);
         if (in.features[0])
             printf("features: %s\n", in.features);
+        for (unsigned i = 0; i < nbm; i++)
+            printf("%s  %s: granularity %llu%s%s\n", i ? "" : "bitmaps:\n", bm[i].name,
+                   (unsigned long long)bm[i].granularity, bm[i].enabled ? ", auto" : "",
+                   bm[i].in_use ? ", in-use" : "");
         if (in.backing_file[0])
             printf("backing file: %s (actual path: %s)%s%s\n", in.backing_file, in.backing_path,
                    in.backing_format[0] ? "\nbacking file format: " : "", in.backing_format);

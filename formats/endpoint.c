@@ -47,7 +47,7 @@ struct ep *ep_open(const char *name, const struct ep_open_opts *opts, bool writa
             mi_seterr(EINVAL, "%s: an NBD export is raw, not %s", name, fmt);
             return NULL;
         }
-        return nbd_open(name, writable);
+        return nbd_open(name, writable, opts->bitmap);
     }
     if (!fmt && !(fmt = ep_probe(name)))
         return NULL;
@@ -73,7 +73,7 @@ struct ep *ep_open(const char *name, const struct ep_open_opts *opts, bool writa
 struct ep *ep_create(const char *name, const struct ep_create_opts *opts)
 {
     if (ep_is_nbd_uri(name))
-        return nbd_open(name, true);
+        return nbd_open(name, true, NULL);
     if (!strcmp(opts->format, "raw"))
         return raw_create(name, opts);
     if (!strcmp(opts->format, "qcow2"))

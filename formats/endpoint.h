@@ -43,6 +43,7 @@ enum ep_kind {
 
 struct ep;
 struct ep_info;
+struct ep_bitmap;
 
 struct ep_ops {
     const char *name; /* format name: "raw", "qcow2", "qcow", "nbd" */
@@ -87,6 +88,16 @@ struct ep_ops {
     int (*extent)(struct ep *ep, uint64_t off, uint64_t max, int *fd, uint64_t *host,
                   uint64_t *len);
 
+    /* Optional (may be NULL): the image's persistent dirty bitmaps, at most max into out,
+     * their count in *n (qcow2: the bitmaps extension). */
+    int (*bitmaps)(struct ep *ep, struct ep_bitmap *out, unsigned max, unsigned *n);
+
+    /* Optional (may be NULL): call dirty(ctx, off, len) for every guest range that bitmap
+     * name marks dirty, in order.  Refuses (by name, with a message) a bitmap that is
+     * missing, in use or inconsistent: its bits would not be the writes since it began. */
+    int (*dirty)(struct ep *ep, const char *name,
+                 void (*dirty)(void *ctx, uint64_t off, uint64_t len), void *ctx);
+
     /* Optional (may be NULL): see ep_refresh. */
     int (*refresh)(struct ep *ep, uint64_t off, uint64_t len, bool conservative,
                    void (*dirty)(void *ctx, uint64_t off, uint64_t len), void *ctx);
@@ -117,6 +128,7 @@ struct ep_open_opts {
     bool top_only;             /* open the top layer without its backing chain (--sync=top) */
     bool live;                 /* qcow2: the file is written while open (follow's disk
                                 * mode): hold every table, answer ep_refresh */
+    const char *bitmap;        /* NBD: also ask for qemu:dirty-bitmap:BITMAP (copy --bitmap) */
 };
 
 /* Options for creating a target. */
@@ -151,7 +163,7 @@ struct ep *raw_create(const char *name, const struct ep_create_opts *opts);
 struct ep *qcow2_open(const char *name, const struct ep_open_opts *opts, int depth);
 struct ep *qcow2_create(const char *name, const struct ep_create_opts *opts);
 struct ep *qcow_open(const char *name, const struct ep_open_opts *opts); /* libqcow, v1 */
-struct ep *nbd_open(const char *uri, bool writable);
+struct ep *nbd_open(const char *uri, bool writable, const char *bitmap);
 
 /* True when name is an NBD URI (nbd://, nbds://, nbd+unix://, nbds+unix://). */
 bool ep_is_nbd_uri(const char *name);
@@ -180,6 +192,14 @@ int ep_resize(struct ep *ep, uint64_t size);
 
 /* Close helper: NULL-safe. */
 static inline int ep_close(struct ep *ep) { return ep ? ep->ops->close(ep) : 0; }
+
+/* A persistent dirty bitmap (info, copy --bitmap). */
+struct ep_bitmap {
+    char name[1024];
+    uint64_t granularity;
+    bool in_use;  /* not stored cleanly: its bits cannot be trusted */
+    bool enabled; /* records writes ("auto") */
+};
 
 /* Info for `mirror-img info` (filled by the backend's info op through ep_info). */
 struct ep_info {

@@ -90,7 +90,10 @@ struct nbdep {
     struct extent *ext;
     size_t next_ext, cap_ext;
     uint64_t bs_end;
+    char meta[1100];   /* a second meta context asked for (qemu:dirty-bitmap:NAME), or "" */
 };
+
+static const char *meta(const struct nbdep *n) { return n->meta[0] ? n->meta : NULL; }
 
 /* ---- batches: the requests of one call, and the wait for all of them ---- */
 
@@ -268,14 +271,17 @@ static int set_tls(struct nbd_handle *h)
     return 0;
 }
 
-/* Connect to uri; on failure set *err and why (the reason) and return NULL. */
-static struct nbd_handle *connect_one(const char *uri, int timeout_ms, int *err, char *why,
-                                      size_t size)
+/* Connect to uri asking for base:allocation and the meta context extra (NULL: none); on
+ * failure set *err and why (the reason) and return NULL. */
+static struct nbd_handle *connect_ctx(const char *uri, int timeout_ms, const char *extra,
+                                      int *err, char *why, size_t size)
 {
     struct nbd_handle *h = nbd_create();
     int r = -1;
     if (h) {
         nbd_add_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION);
+        if (extra)
+            nbd_add_meta_context(h, extra);
         if (set_tls(h) == 0 && (r = handshake(h, uri, timeout_ms)) == 0)
             return h;
     }
@@ -318,7 +324,7 @@ static int reconnect(struct nbdep *n, struct conn *c)
         nbd_close(c->h); /* dead: libnbd has failed every command that was in flight */
     char why[512];
     int e;
-    c->h = connect_one(n->ep.name, NBD_TIMEOUT_RECONNECT, &e, why, sizeof why);
+    c->h = connect_ctx(n->ep.name, NBD_TIMEOUT_RECONNECT, meta(n), &e, why, sizeof why);
     if (!c->h)
         return mi_seterr(e, "%s: lost the connection to the server and cannot reconnect: %s",
                          n->ep.name, why);
@@ -349,9 +355,13 @@ static int conn_acquire(struct nbdep *n, struct conn *c)
 
 /* ---- issuing requests ---- */
 
-enum op { OP_READ, OP_WRITE, OP_WRITE_ZEROBUF, OP_ZERO, OP_TRIM, OP_FLUSH, OP_BS };
+enum op { OP_READ, OP_WRITE, OP_WRITE_ZEROBUF, OP_ZERO, OP_TRIM, OP_FLUSH, OP_BS, OP_DIRTY };
 
-static const char *op_name[] = {"read", "write", "write", "zero", "trim", "flush", "block status"};
+static const char *op_name[] = {"read", "write", "write", "zero", "trim", "flush", "block status",
+                                "dirty bitmap"};
+
+static int dirty_cb(void *user, const char *metacontext, uint64_t offset, uint32_t *entries,
+                    size_t nr, int *error);
 
 /* Never written: a source of zeros for servers that cannot zero (in .bss, not the binary). */
 static char zero_buf[NBD_REQ_SIZE];
@@ -409,6 +419,11 @@ static int issue(struct nbdep *n, unsigned ci, struct cmd *cm, enum op op, void 
     case OP_BS:
         cookie = nbd_aio_block_status(h, cm->len, cm->off,
                                       (nbd_extent_callback){.callback = extent_cb, .user_data = rep},
+                                      cb, 0);
+        break;
+    case OP_DIRTY: /* buf: the struct dirty_walk */
+        cookie = nbd_aio_block_status(h, cm->len, cm->off,
+                                      (nbd_extent_callback){.callback = dirty_cb, .user_data = buf},
                                       cb, 0);
         break;
     }
@@ -633,6 +648,61 @@ static int nbdep_close(struct ep *ep)
     return 0;
 }
 
+/* ---- qemu:dirty-bitmap:NAME (copy --bitmap), on a connection of its own ---- */
+
+struct dirty_walk {
+    const char *ctxname;
+    uint64_t pos, end;
+    void (*dirty)(void *ctx, uint64_t off, uint64_t len);
+    void *ctx;
+};
+
+static int dirty_cb(void *user, const char *metacontext, uint64_t offset, uint32_t *entries,
+                    size_t nr, int *error)
+{
+    struct dirty_walk *w = user;
+    (void)error;
+    if (strcmp(metacontext, w->ctxname))
+        return 0;
+    uint64_t pos = offset;
+    for (size_t i = 0; i + 1 < nr && pos < w->end; i += 2) {
+        uint64_t len = mi_min(entries[i], w->end - pos);
+        if (entries[i + 1] & 1) /* dirty */
+            w->dirty(w->ctx, pos, len);
+        pos += len;
+    }
+    w->pos = mi_max(w->pos, pos);
+    return 0;
+}
+
+static int nbdep_dirty(struct ep *ep, const char *name,
+                       void (*dirty)(void *ctx, uint64_t off, uint64_t len), void *ctx)
+{
+    struct nbdep *n = (struct nbdep *)ep;
+    const char *pre = "qemu:dirty-bitmap:";
+    if (!n->meta[0] || strcmp(n->meta + strlen(pre), name))
+        return mi_seterr(EINVAL, "%s: opened without asking for %s%s", ep->name, pre, name);
+    if (nbd_can_meta_context(n->c[0].h, n->meta) <= 0)
+        return mi_seterr(ENOENT, "%s: the export offers no %s (qemu-nbd -B %s exports it)",
+                         ep->name, n->meta, name);
+    struct dirty_walk w = {n->meta, 0, ep->size, dirty, ctx};
+    struct batch *b = &my_batch;
+    int r = 0;
+    while (r == 0 && w.pos < w.end) {
+        uint64_t was = w.pos;
+        struct cmd cm = {b, w.pos, mi_min(w.end - w.pos, 1ULL << 30)};
+        b->err = 0;
+        r = issue(n, 0, &cm, OP_DIRTY, (void *)&w, 0, NULL);
+        batch_wait(b);
+        if (r == 0 && b->err)
+            r = request_error(&n->ep, op_name[OP_DIRTY], b->err, cm.off, cm.len);
+        if (r == 0 && w.pos == was)
+            r = mi_seterr(EIO, "%s: %s made no progress at offset %llu", ep->name, n->meta,
+                          (unsigned long long)was);
+    }
+    return r;
+}
+
 static const struct ep_ops nbd_ops = {
     .name = "nbd",
     .block_status = nbdep_block_status,
@@ -641,6 +711,7 @@ static const struct ep_ops nbd_ops = {
     .zero = nbdep_zero,
     .flush = nbdep_flush,
     .close = nbdep_close,
+    .dirty = nbdep_dirty,
 };
 
 /* ---- opening ---- */
@@ -705,7 +776,7 @@ static int add_connections(struct nbdep *n, uint64_t first_ms)
     while (n->nconns < want) {
         char why[512];
         int e;
-        struct nbd_handle *h = connect_one(n->ep.name, timeout, &e, why, sizeof why);
+        struct nbd_handle *h = connect_ctx(n->ep.name, timeout, meta(n), &e, why, sizeof why);
         if (!h)
             return 0; /* fewer connections is fine */
         if (conn_init(n, n->nconns, h) < 0)
@@ -728,7 +799,7 @@ static int check_certificates(const char *uri)
     return 0;
 }
 
-struct ep *nbd_open(const char *uri, bool writable)
+struct ep *nbd_open(const char *uri, bool writable, const char *bitmap)
 {
     if (check_certificates(uri) < 0)
         return NULL;
@@ -740,11 +811,13 @@ struct ep *nbd_open(const char *uri, bool writable)
     }
     n->ep.ops = &nbd_ops;
     n->ep.writable = writable;
+    if (bitmap)
+        snprintf(n->meta, sizeof n->meta, "qemu:dirty-bitmap:%s", bitmap);
     pthread_mutex_init(&n->bs_lock, NULL);
     char why[512];
     int e;
     uint64_t t0 = mi_now_ns();
-    struct nbd_handle *h = connect_one(uri, NBD_TIMEOUT_FIRST, &e, why, sizeof why);
+    struct nbd_handle *h = connect_ctx(uri, NBD_TIMEOUT_FIRST, meta(n), &e, why, sizeof why);
     uint64_t first_ms = (mi_now_ns() - t0) / 1000000;
     if (!h) {
         mi_seterr(e, "%s: cannot connect: %s", uri, why);

@@ -58,10 +58,19 @@ struct qcow2 {
     uint64_t *slab; /* nslots tables: slot s is slab + s * l2_bytes / 8 */
     uint32_t nslots, nused, hand;
 
+    /* the bitmaps extension (qcow2-bitmap.c): 0 entries without one */
+    uint32_t bm_nb;
+    uint64_t bm_dir_size, bm_dir_off;
+
     /* live mode (qcow2_live_open): every L2 table held in slot l1i, the reverse map */
     bool live;
     struct qcow2_rmap *rmap;
 };
+
+/* ep_ops.bitmaps and ep_ops.dirty of the reader (qcow2-bitmap.c). */
+int qcow2_bitmaps(struct ep *ep, struct ep_bitmap *out, unsigned max, unsigned *n);
+int qcow2_dirty(struct ep *ep, const char *name,
+                void (*dirty)(void *ctx, uint64_t off, uint64_t len), void *ctx);
 
 /* Read the L2 table of L1 index l1i from the file into a new buffer (host order). */
 int qcow2_read_l2_at(struct qcow2 *q, uint64_t off, uint64_t **out);

@@ -516,6 +516,8 @@ static const struct ep_ops qcow2_ops = {
     .info = q2_info,
     .refresh = qcow2_live_refresh,
     .extent = q2_extent,
+    .bitmaps = qcow2_bitmaps,
+    .dirty = qcow2_dirty,
 };
 
 
@@ -550,6 +552,12 @@ static int parse_extensions(struct qcow2 *q, const uint8_t *h, uint64_t start, u
                 return FAIL("%s: external data file name is too long (%u bytes)", nm, len);
             memcpy(q->data_file, d, len);
             q->data_file[len] = '\0';
+        } else if (type == QCOW2_EXT_BITMAPS) { /* checked when a bitmap is asked for */
+            if (len < 24)
+                return FAIL("%s: the bitmaps extension is %u bytes long (24 expected)", nm, len);
+            q->bm_nb = mi_be32(d);
+            q->bm_dir_size = mi_be64(d + 8);
+            q->bm_dir_off = mi_be64(d + 16);
         }
         off += 8 + mi_round_up(len, 8);
     }

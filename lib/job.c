@@ -207,7 +207,12 @@ int job_init(struct job *job, const struct job_config *c)
     if (bitmap_init(&job->dirty, job->nchunks) < 0 || bitmap_init(&job->failed, job->nchunks) < 0)
         return mi_seterr(ENOMEM, "out of memory for a bitmap of %llu chunks",
                          (unsigned long long)job->nchunks);
-    if (!c->no_seed && c->seed_async && !c->supply) {
+    if (c->seed_from) { /* what to copy comes from elsewhere (copy --bitmap) */
+        int r = c->seed_from(c->seed_ctx, job);
+        if (r < 0)
+            return r;
+        job->len = mi_min(bitmap_count(&job->dirty) * job->chunk, job->size);
+    } else if (!c->no_seed && c->seed_async && !c->supply) {
         job->seeding = true; /* by the seeder thread, from job_start */
     } else if (!c->no_seed) {
         int r = seed(job, false);
@@ -249,6 +254,14 @@ void job_conclude(struct job *job, int r, void (*fn)(struct json *j, void *arg),
     job_set_status(job, JOB_ABORTING);
     if (r == -ECANCELED)
         job_event(job, "BLOCK_JOB_CANCELLED", NULL, NULL);
+}
+
+void job_mark(struct job *job, uint64_t off, uint64_t len)
+{
+    if (!len || off >= job->size)
+        return;
+    uint64_t last = (mi_min(off + len, job->size) - 1) / job->chunk;
+    bitmap_set_range(&job->dirty, off / job->chunk, last - off / job->chunk + 1);
 }
 
 void job_set_size(struct job *job, uint64_t size)
@@ -379,6 +392,7 @@ static int read_range(struct job *job, char *buf, uint8_t *cls, uint64_t off, ui
                 e->rc = r, e->target = false;
                 return r;
             }
+            __atomic_fetch_add(&job->bytes_read, b - a, __ATOMIC_RELAXED);
             for (uint64_t k = u; k < v; k++) {
                 uint64_t ka = off + k * job->unit;
                 if (mi_is_zero(buf + (ka - off), mi_min(job->unit, off + len - ka)))

@@ -87,6 +87,10 @@ struct job_config {
      * the workers at once; a request read again after an error is seen again. */
     void (*on_read)(void *ctx, uint64_t off, uint64_t len, const void *buf);
     void *read_ctx;
+    /* Optional: instead of the source's block status, seed_from marks what to copy with
+     * job_mark (copy --bitmap: the dirty ranges of a bitmap).  0 or -errno. */
+    int (*seed_from)(void *ctx, struct job *job);
+    void *seed_ctx;
     /* Optional: more members for status answers and progress events (follow's backlog). */
     void (*extra)(struct json *j, void *ctx);
     void *extra_ctx;
@@ -153,6 +157,7 @@ struct job {
     uint64_t offset;        /* progress: work done */
     uint64_t bytes_copied;  /* bytes written to the target (data, not zeroes) */
     uint64_t bytes_zeroed;
+    uint64_t bytes_read;    /* data bytes read from the source */
     struct offload off;       /* copy offload (offload.h): bytes cloned, copied by the kernel */
     uint64_t start_ns, end_ns;
     pthread_t *threads;
@@ -192,6 +197,8 @@ bool job_idle(struct job *job);
 void job_kick(struct job *job);
 /* Set the status and emit JOB_STATUS_CHANGE (lock held or not: takes care of itself). */
 void job_set_status(struct job *job, int status);
+/* From seed_from: [off, off+len) is to be copied. */
+void job_mark(struct job *job, uint64_t off, uint64_t len);
 /* The source's size changed (follow): requests are cut at it.  Lock held or not. */
 void job_set_size(struct job *job, uint64_t size);
 static inline uint64_t job_size(struct job *job) { return __atomic_load_n(&job->size, __ATOMIC_RELAXED); }
