@@ -121,8 +121,13 @@ static int copy_open(struct copy *c)
         .src = o->args[0], .dst = o->args[1], .dst_fmt = o->dst_fmt, .existing = o->existing,
         .force = o->force, .sync_top = o->sync_top, .compress = o->compress, .create = o->create,
     };
+    if (o->bitmaps && (!c->src->ops->bitmaps || !c->src->ops->dirty))
+        return mi_seterr(ENOTSUP, "%s: has no persistent bitmaps to carry (a qcow2 source "
+                         "has them)", o->args[0]);
     if (target_open(&to, c->src, &c->si, &c->t) < 0)
         return -EIO;
+    if (o->bitmaps && !c->t.ep->ops->add_bitmap)
+        return mi_seterr(ENOTSUP, "%s: --bitmaps needs a new qcow2 target", o->args[1]);
     if (c->t.rounded_from && !o->quiet)
         fprintf(stderr, "mirror-img: %s: virtual size rounded up from %llu to %llu bytes (a "
                 "qcow2 size is a multiple of 512; the rest reads as zeros)\n", o->args[1],
@@ -167,6 +172,8 @@ static int copy_run(struct copy *c)
         r = check_source_unchanged(o->args[0], &c->src_st);
     if (r == 0 && o->verify)
         r = verify(c->src, c->t.ep);
+    if (r == 0 && o->bitmaps)
+        r = target_copy_bitmaps(c->src, c->t.ep);
     if (r == 0 && c->ck) /* blocks the job did not read (zeros it skipped) by block status */
         r = ck_final(c->ck, c->src, c->hex);
     ck_free(c->ck);

@@ -16,7 +16,7 @@ enum {
     OPT_FORCE = 1000, OPT_SYNC, OPT_TARGET_IS_ZERO, OPT_BUF_SIZE, OPT_ON_SRC, OPT_ON_TGT,
     OPT_JSON, OPT_SOCKET, OPT_JOURNAL, OPT_INCREMENTAL, OPT_VERIFY, OPT_PASSWORD_FILE,
     OPT_NO_BACKING, OPT_TLS_PSK, OPT_TLS_CERTS, OPT_CONNECTIONS, OPT_LEASE, OPT_AUTO_CONVERGE,
-    OPT_CHECKSUM, OPT_NO_OFFLOAD, OPT_BITMAP,
+    OPT_CHECKSUM, OPT_NO_OFFLOAD, OPT_BITMAP, OPT_BITMAPS,
 };
 
 static const struct argp_option options[] = {
@@ -47,6 +47,7 @@ static const struct argp_option options[] = {
      "run to this target (the first run copies everything)", 4},
     {"verify", OPT_VERIFY, 0, 0, "Read the target back and compare at the end", 4},
     {"bitmap", OPT_BITMAP, "NAME", 0, "copy -n: only what the source's dirty bitmap NAME marks (an incremental backup from QEMU's bitmaps)", 4},
+    {"bitmaps", OPT_BITMAPS, 0, 0, "copy: carry the source's persistent bitmaps into the new qcow2 target (qemu-img convert --bitmaps)", 4},
     {"checksum", OPT_CHECKSUM, 0, 0, "copy: hash what is copied while copying (as `mirror-img checksum` does) and print it", 4},
     {"tls-psk-file", OPT_TLS_PSK, "FILE", 0, "TLS pre-shared keys for nbds:// URIs", 4},
     {"tls-certificates", OPT_TLS_CERTS, "DIR", 0, "TLS certificates directory for nbds:// URIs", 4},
@@ -187,6 +188,7 @@ static error_t parse_opt(int key, char *arg, struct argp_state *st)
     case OPT_CHECKSUM: o->checksum = true; break;
     case OPT_NO_OFFLOAD: o->no_offload = true; break;
     case OPT_BITMAP: o->bitmap = arg; break;
+    case OPT_BITMAPS: o->bitmaps = true; break;
     case OPT_JOURNAL: o->journal = arg; break;
     case OPT_INCREMENTAL: o->incremental = true; break;
     case OPT_PASSWORD_FILE: o->password_file = arg; break;
@@ -243,6 +245,10 @@ int mi_opts_check(struct mi_opts *o)
         return cli_usage(o->sub, "--bitmap copies what changed onto an earlier full copy: copy "
                          "with -n, not with --incremental, --sync=top or --checksum (what is "
                          "copied is not the image)");
+    if (o->bitmaps && (strcmp(o->sub, "copy") || o->existing || o->incremental ||
+                       (o->dst_fmt && strcmp(o->dst_fmt, "qcow2"))))
+        return cli_usage(o->sub, "--bitmaps carries the source's bitmaps into a new qcow2 "
+                         "target: copy without -n or --incremental, into -O qcow2");
     if (o->checksum && (strcmp(o->sub, "copy") || o->incremental || o->sync_top))
         return cli_usage(o->sub, "--checksum hashes a whole image copied by copy: not with "
                          "follow, --incremental or --sync=top (what is copied is not the image)");

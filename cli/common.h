@@ -20,6 +20,7 @@ struct mi_opts {
     const char *journal;
     bool incremental, verify, checksum, no_offload;
     const char *bitmap;      /* copy --bitmap=NAME */
+    bool bitmaps;            /* copy --bitmaps */
     unsigned threads;
     bool threads_set; /* -j given (else NBD endpoints get more workers) */
     const char *password_file;

@@ -9,7 +9,7 @@ _mirror_img_std="--help --usage --version"
 # cli/common.c: the options copy shares with follow.
 _mirror_img_common="--format= --target-format= --options= --compress --password-file= --no-backing
  --existing --force --target-is-zero --sync= --granularity= --buf-size= --no-offload --threads= --speed=
- --on-source-error= --on-target-error= --verify --checksum --bitmap= --tls-psk-file= --tls-certificates=
+ --on-source-error= --on-target-error= --verify --checksum --bitmap= --bitmaps --tls-psk-file= --tls-certificates=
  --connections= --incremental --journal= --progress --json --socket= --verbose --quiet"
 _mirror_img_common_short="-f -O -o -c -n -g -j -s -p -v -q"
 

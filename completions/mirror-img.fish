@@ -49,6 +49,7 @@ complete -c mirror-img -n $__mi_copy -l on-target-error -x -a 'report ignore eno
 complete -c mirror-img -n $__mi_copy -l verify -d 'Read the target back and compare at the end'
 complete -c mirror-img -n $__mi_copy -l checksum -d 'copy: hash what is copied while copying and print it'
 complete -c mirror-img -n $__mi_copy -l bitmap -x -d 'copy -n: only what the source dirty bitmap marks'
+complete -c mirror-img -n $__mi_copy -l bitmaps -d 'copy: carry the persistent bitmaps into the new qcow2'
 complete -c mirror-img -n $__mi_copy -l no-offload -d 'copy: read and write every data range (no cloning)'
 complete -c mirror-img -n $__mi_copy -l tls-psk-file -r -F -d 'TLS pre-shared keys for nbds:// URIs'
 complete -c mirror-img -n $__mi_copy -l tls-certificates -x -a '(__fish_complete_directories)' -d 'TLS certificates directory'

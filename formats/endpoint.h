@@ -98,6 +98,11 @@ struct ep_ops {
     int (*dirty)(struct ep *ep, const char *name,
                  void (*dirty)(void *ctx, uint64_t off, uint64_t len), void *ctx);
 
+    /* Optional (may be NULL): store bitmap b at close, its bits one per granule of the
+     * virtual size, least significant bit of each byte first (copy --bitmaps into a new
+     * qcow2). */
+    int (*add_bitmap)(struct ep *ep, const struct ep_bitmap *b, const uint8_t *bits);
+
     /* Optional (may be NULL): see ep_refresh. */
     int (*refresh)(struct ep *ep, uint64_t off, uint64_t len, bool conservative,
                    void (*dirty)(void *ctx, uint64_t off, uint64_t len), void *ctx);

@@ -92,6 +92,11 @@ struct qw {
     uint64_t rc_len;      /* slots in rc */
     uint64_t cpos, cend;  /* compressed data: next free byte, end of the clusters taken */
     struct qw_ws *pool;   /* idle workspaces */
+
+    /* persistent bitmaps to store at close (copy --bitmaps), and where they went */
+    struct qw_bm { char *name; unsigned gbits; bool enabled; uint8_t *bits; } *bms;
+    unsigned nbms;
+    uint64_t bm_dir_off, bm_dir_size;
 };
 
 static const uint8_t zero_chunk[64 * 1024];
@@ -837,6 +842,15 @@ static void build_header(struct qw *q, uint8_t *h, bool final, uint64_t l1_off,
         memcpy(x + 8, q->backing_format, n);
         x += 8 + mi_round_up(n, 8);
     }
+    if (q->nbms) {
+        mi_put_be64(h + QCOW2_HDR_AUTOCLEAR, QCOW2_AUTOCLEAR_BITMAPS);
+        mi_put_be32(x, QCOW2_EXT_BITMAPS);
+        mi_put_be32(x + 4, 24);
+        mi_put_be32(x + 8, q->nbms);
+        mi_put_be64(x + 16, q->bm_dir_size);
+        mi_put_be64(x + 24, q->bm_dir_off);
+        x += 32;
+    }
     x += 8; /* end of the extensions: type 0, length 0 */
     if (q->backing_file) {
         size_t n = strlen(q->backing_file);
@@ -853,15 +867,100 @@ static uint64_t header_bytes(int version, int ctype, const char *bfile, const ch
                : ctype == QCOW2_COMPRESS_ZSTD ? QCOW2_V3_HEADER_LEN_COMP : QCOW2_V3_HEADER_LEN;
     if (bfmt)
         n += 8 + mi_round_up(strlen(bfmt), 8);
-    n += 8;
+    n += 8 + 32; /* the end, and room for a bitmaps extension */
     return n + (bfile ? strlen(bfile) : 0);
+}
+
+/* Bitmap b's data clusters (all-zero ones stay 0 in its table) and table; *table its
+ * table's offset, *n its entries. */
+static int write_bitmap(struct qw *q, const struct qw_bm *b, uint64_t *table, uint32_t *n)
+{
+    uint64_t bits = (q->ep.size + (1ULL << b->gbits) - 1) >> b->gbits, nbytes = (bits + 7) / 8;
+    uint64_t nc = (nbytes + q->cs - 1) / q->cs, h;
+    uint64_t *t = calloc(nc ? nc : 1, 8);
+    uint8_t *c = malloc(q->cs);
+    int r = t && c ? 0 : mi_seterr(ENOMEM, "%s: out of memory", q->ep.name);
+    for (uint64_t i = 0; i < nc && r == 0; i++) {
+        uint64_t len = mi_min(q->cs, nbytes - i * q->cs);
+        if (mi_is_zero(b->bits + i * q->cs, len))
+            continue;
+        memset(c, 0, q->cs);
+        memcpy(c, b->bits + i * q->cs, len);
+        if ((r = alloc_clusters(q, 1, &h)) == 0 && (r = pwrite_meta(q, c, q->cs, h, "bitmap")) == 0)
+            mi_put_be64(&t[i], h);
+    }
+    uint64_t tc = (nc * 8 + q->cs - 1) / q->cs;
+    if (r == 0 && (r = alloc_clusters(q, tc ? tc : 1, table)) == 0)
+        r = pwrite_meta(q, t, nc * 8, *table, "bitmap table");
+    *n = (uint32_t)nc;
+    free(t);
+    free(c);
+    return r;
+}
+
+/* The bitmaps, then their directory (named by the header's extension). */
+static int write_bitmaps(struct qw *q)
+{
+    uint64_t size = 0;
+    for (unsigned i = 0; i < q->nbms; i++)
+        size += mi_round_up(24 + strlen(q->bms[i].name), 8);
+    uint8_t *d = calloc(1, size ? size : 1);
+    int r = d ? 0 : mi_seterr(ENOMEM, "%s: out of memory", q->ep.name);
+    uint64_t pos = 0;
+    for (unsigned i = 0; i < q->nbms && r == 0; i++) {
+        const struct qw_bm *b = &q->bms[i];
+        uint64_t table;
+        uint32_t n;
+        size_t nl = strlen(b->name);
+        if ((r = write_bitmap(q, b, &table, &n)) < 0)
+            break;
+        mi_put_be64(d + pos, table);
+        mi_put_be32(d + pos + 8, n);
+        mi_put_be32(d + pos + 12, b->enabled ? 2 : 0); /* "auto": records writes */
+        d[pos + 16] = 1;                               /* dirty tracking */
+        d[pos + 17] = (uint8_t)b->gbits;
+        mi_put_be16(d + pos + 18, (uint16_t)nl);
+        memcpy(d + pos + 24, b->name, nl);
+        pos += mi_round_up(24 + nl, 8);
+    }
+    uint64_t dc = (size + q->cs - 1) / q->cs;
+    if (r == 0 && (r = alloc_clusters(q, dc, &q->bm_dir_off)) == 0)
+        r = pwrite_meta(q, d, size, q->bm_dir_off, "bitmap directory");
+    q->bm_dir_size = size;
+    free(d);
+    return r;
+}
+
+static int qw_add_bitmap(struct ep *ep, const struct ep_bitmap *b, const uint8_t *bits)
+{
+    struct qw *q = (struct qw *)ep;
+    unsigned g = (unsigned)__builtin_ctzll(b->granularity);
+    uint64_t nbytes = (((q->ep.size + b->granularity - 1) >> g) + 7) / 8;
+    if (q->version < 3)
+        return mi_seterr(ENOTSUP, "%s: bitmaps need a version 3 image (compat=1.1)", ep->name);
+    if (q->nbms >= 65535 || strlen(b->name) > 1023 || g < 9 || g > 31 || !mi_is_pow2(b->granularity))
+        return mi_seterr(EINVAL, "%s: bitmap '%s' cannot be stored", ep->name, b->name);
+    struct qw_bm *a = realloc(q->bms, (q->nbms + 1) * sizeof *a);
+    if (a)
+        q->bms = a;
+    uint8_t *copy = a ? malloc(nbytes ? nbytes : 1) : NULL;
+    char *name = copy ? strdup(b->name) : NULL;
+    if (!name) {
+        free(copy);
+        return mi_seterr(ENOMEM, "%s: out of memory", ep->name);
+    }
+    memcpy(copy, bits, nbytes);
+    q->bms[q->nbms++] = (struct qw_bm){name, g, b->enabled, copy};
+    return 0;
 }
 
 static int finalize(struct qw *q)
 {
     uint64_t l1_off = 0, rt_off = 0;
     uint32_t rt_clusters = 0;
-    int r = write_mapping(q, &l1_off);
+    int r = q->nbms ? write_bitmaps(q) : 0;
+    if (r == 0)
+        r = write_mapping(q, &l1_off);
     if (r == 0)
         r = write_refcounts(q, &rt_off, &rt_clusters);
     if (r == 0 && ftruncate(q->fd, (off_t)q->eof) < 0)
@@ -892,6 +991,9 @@ static void qw_free(struct qw *q)
             free(q->l2[i]);
     free(q->l2);
     free(q->rc);
+    for (unsigned i = 0; i < q->nbms; i++)
+        free(q->bms[i].name), free(q->bms[i].bits);
+    free(q->bms);
     while (q->pool) {
         struct qw_ws *w = q->pool;
         q->pool = w->next;
@@ -944,6 +1046,7 @@ static const struct ep_ops qw_ops = {
     .flush = qw_flush,
     .close = qw_close,
     .info = qw_info,
+    .add_bitmap = qw_add_bitmap,
 };
 
 /* ---- creation ---- */

@@ -147,3 +147,37 @@ int target_open(const struct target_opts *o, struct ep *src, const struct ep_inf
     }
     return 0;
 }
+
+/* --bitmaps: one bit per granule, set where the source's bitmap says dirty. */
+struct bits {
+    uint8_t *b;
+    unsigned g;
+};
+
+static void set_bits(void *ctx, uint64_t off, uint64_t len)
+{
+    struct bits *x = ctx;
+    for (uint64_t i = off >> x->g; i <= (off + len - 1) >> x->g; i++)
+        x->b[i / 8] |= (uint8_t)(1u << (i % 8));
+}
+
+int target_copy_bitmaps(struct ep *src, struct ep *dst)
+{
+    static struct ep_bitmap bm[256];
+    unsigned n = 0;
+    int r = src->ops->bitmaps(src, bm, 256, &n);
+    for (unsigned i = 0; r == 0 && i < n && i < 256; i++) {
+        if (bm[i].in_use)
+            return mi_seterr(EINVAL, "%s: bitmap '%s' is in use: it may miss writes",
+                             src->name, bm[i].name);
+        struct bits x = {NULL, (unsigned)__builtin_ctzll(bm[i].granularity)};
+        uint64_t nbytes = (((src->size + bm[i].granularity - 1) >> x.g) + 7) / 8;
+        if (!(x.b = calloc(1, nbytes ? nbytes : 1)))
+            return mi_seterr(ENOMEM, "out of memory");
+        r = src->ops->dirty(src, bm[i].name, set_bits, &x);
+        if (r == 0)
+            r = dst->ops->add_bitmap(dst, &bm[i], x.b);
+        free(x.b);
+    }
+    return r;
+}

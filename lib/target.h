@@ -29,6 +29,10 @@ struct target {
 int target_backing_name(const struct ep_info *si, const char *src, const char *dst,
                         char *out, size_t size);
 
+/* copy --bitmaps: src's persistent bitmaps into the new qcow2 dst (stored at its close).
+ * Refuses a bitmap in use.  0 or -errno with a message. */
+int target_copy_bitmaps(struct ep *src, struct ep *dst);
+
 /* Open or create the target for src (si: its info).  Returns 0 or -errno with a message. */
 int target_open(const struct target_opts *o, struct ep *src, const struct ep_info *si, struct target *t);
 

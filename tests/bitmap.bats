@@ -122,3 +122,48 @@ PY
     assert_output --partial "has no dirty bitmaps"
     cmp "$T/before.raw" "$T/full.raw"
 }
+
+# map SOCK BITMAP: QEMU's own reading of a bitmap (qemu-nbd serves it, nbdinfo lists it).
+map() {
+    nbdinfo --map="qemu:dirty-bitmap:$2" "nbd+unix:///?socket=$1"
+}
+
+serve() { # serve IMG BITMAP SOCK
+    qemu-nbd -r -t -k "$3" -B "$2" -f qcow2 "$1" &
+    on_exit "kill $!"
+    for i in $(seq 50); do [ -S "$3" ] && break; sleep 0.1; done
+}
+
+@test "copy --bitmaps carries the persistent bitmaps into a new qcow2: QEMU reads them back the same" {
+    requires qemu-nbd nbdinfo
+    qemu-img bitmap --add -g 4096 "$T/d.qcow2" b1
+    qemu-io -f qcow2 -c 'write -P 0x55 3M 4k' -c 'write -P 0x56 33M 20k' "$T/d.qcow2" > /dev/null
+    qemu-img bitmap --disable "$T/d.qcow2" b1
+    run "$MI" copy --bitmaps "$T/d.qcow2" "$T/c.qcow2"
+    assert_success
+    qcow2_ok "$T/c.qcow2"
+    run qemu-img compare "$T/d.qcow2" "$T/c.qcow2"
+    assert_success
+    run qemu-img info --output=json "$T/c.qcow2"
+    assert_output --partial '"name": "b1"'
+    assert_output --partial '"granularity": 4096'
+    for b in b0 b1; do
+        serve "$T/d.qcow2" $b "$T/$b-d.sock"
+        serve "$T/c.qcow2" $b "$T/$b-c.sock"
+        map "$T/$b-d.sock" $b > "$T/$b-d.map"
+        map "$T/$b-c.sock" $b > "$T/$b-c.map"
+        grep -q dirty "$T/$b-d.map" || fail "bitmap $b of the source is empty: the test proves nothing"
+        diff "$T/$b-d.map" "$T/$b-c.map" || fail "bitmap $b differs in the copy"
+    done
+}
+
+@test "copy --bitmaps refusals: with -n, into raw, from a raw source" {
+    run "$MI" copy --bitmaps -n "$T/d.qcow2" "$T/full.raw"
+    assert_failure 2
+    run "$MI" copy --bitmaps -O raw "$T/d.qcow2" "$T/x.raw"
+    assert_failure 2
+    run "$MI" copy --bitmaps -O qcow2 "$T/full.raw" "$T/x.qcow2"
+    assert_failure 1
+    assert_output --partial "has no persistent bitmaps"
+    [ ! -e "$T/x.raw" ] && [ ! -e "$T/x.qcow2" ]
+}
