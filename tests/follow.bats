@@ -137,13 +137,16 @@ fd = os.open(sys.argv[1], os.O_RDWR)
 m = mmap.mmap(fd, 4096, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
 m[0:4] = b"MMAP"
 open(sys.argv[2] + ".2", "w").close()
-time.sleep(4)
+deadline = time.time() + 30
+while not os.path.exists(sys.argv[2] + ".go") and time.time() < deadline:
+    time.sleep(0.02)
 PY
     mapper=$!
     wait_for test -e "$T/mapped.2"
     run "$MI" complete --pivot "$J.sock"
     assert_failure 1
     assert_output --partial "writable shared mapping"
+    touch "$T/mapped.go"         # the mapping goes away
     wait $mapper
     finish
 }

@@ -108,8 +108,20 @@ stop_writers() {
 
 total_writes() { cat "$T"/count.* | awk '{ s += $1 } END { print s + 0 }'; }
 
-# diff_blocks A B: how many 4 KiB blocks differ.
-diff_blocks() { cmp -l "$1" "$2" | awk '{ b[int(($1 - 1) / 4096)] = 1 } END { print length(b) }'; }
+# diff_blocks A B: how many 4 KiB blocks differ (block by block: `cmp -l | awk` took 8 s
+# of both CPUs on two images that differ everywhere).
+diff_blocks() {
+    python3 -c '
+import sys
+n = 0
+with open(sys.argv[1], "rb") as a, open(sys.argv[2], "rb") as b:
+    while True:
+        x, y = a.read(4096), b.read(4096)
+        if not x and not y:
+            break
+        n += x != y
+print(n)' "$1" "$2"
+}
 
 # wait_follow: follow exits 0 within 60 s.
 wait_follow() {
