@@ -12,6 +12,8 @@
 
 #define SMB2_MAGIC 0xfe534d42u
 #define CIFS_MAGIC 0xff534d42u
+#define OCFS2_MAGIC 0x7461636fu
+#define BCACHEFS_MAGIC 0xca451a4eu
 
 /* The kernel errors that mean "not between these files": remembered, never retried. */
 static bool not_here(int e)
@@ -86,9 +88,12 @@ void offload_init(struct offload *o, bool want, struct ep *src, struct ep *dst)
         fstatfs(dfd, &sf) < 0)
         return;
     uint32_t t = (uint32_t)sf.f_type;
-    o->on = true;
+    bool remote = t == NFS_SUPER_MAGIC || t == SMB_SUPER_MAGIC || t == SMB2_MAGIC || t == CIFS_MAGIC;
+    bool shares = t == XFS_SUPER_MAGIC || t == BTRFS_SUPER_MAGIC || t == OCFS2_MAGIC ||
+                  t == BCACHEFS_MAGIC;
+    /* nothing is tried elsewhere (tmpfs, ext4): not even one refused call per copy */
+    o->on = remote || shares;
     o->align = st.st_blksize > 0 ? (uint32_t)st.st_blksize : 4096;
-    o->can_clone = true;
-    o->can_cfr = t == NFS_SUPER_MAGIC || t == SMB_SUPER_MAGIC || t == SMB2_MAGIC ||
-                 t == CIFS_MAGIC || t == XFS_SUPER_MAGIC || t == BTRFS_SUPER_MAGIC;
+    o->can_clone = shares || remote;
+    o->can_cfr = o->on;
 }

@@ -2,7 +2,8 @@
  * file cloned into the target file (FICLONERANGE: XFS, btrfs; the extents are shared, so
  * the copy costs no space), and copy_file_range for what is not block-aligned there and on
  * NFS and SMB (server-side copies).  Elsewhere (tmpfs, ext4) reading and writing is as
- * fast and keeps zero detection, so nothing is offloaded.  A "not between these files"
+ * fast and keeps zero detection, so nothing is tried: the target's file system type
+ * decides (XFS, btrfs, OCFS2, bcachefs; NFS, SMB).  A "not between these files"
  * from the kernel is remembered: the next range goes straight to reading and writing.
  *
  * Both endpoints must say where a guest range is stored as plain bytes of a file
