@@ -89,8 +89,7 @@ static int one(const struct ck_opts *o, const char *name, struct json *j)
 
 static int run_checksum(int argc, char **argv)
 {
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    struct ck_opts o = {.threads = n > 0 ? (unsigned)(n > 16 ? 16 : n) : 2};
+    struct ck_opts o = {.threads = mi_default_threads()};
     cli_parse(&ck_argp, argc, argv, NULL, &o);
     struct json j;
     json_init(&j);

@@ -217,14 +217,19 @@ static error_t parse_opt(int key, char *arg, struct argp_state *st)
 
 const struct argp common_argp = {options, parse_opt, NULL, NULL, NULL, NULL, NULL};
 
+unsigned mi_default_threads(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (unsigned)(n > 16 ? 16 : n) : 2;
+}
+
 void mi_opts_defaults(struct mi_opts *o, const char *sub)
 {
     memset(o, 0, sizeof *o);
     o->sub = sub;
     o->on_source_error = o->on_target_error = POLICY_REPORT;
     o->buf_size = 16 * MI_MiB;
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    o->threads = n > 0 ? (unsigned)(n > 16 ? 16 : n) : 2;
+    o->threads = mi_default_threads();
     o->connections = 4;
     o->create.compat = 3;
     o->lease_ms = 2000;

@@ -36,6 +36,8 @@ struct mi_opts {
 
 extern const struct argp common_argp; /* the shared options, as an argp child */
 
+/* Worker threads by default: the online CPUs, at most 16. */
+unsigned mi_default_threads(void);
 void mi_opts_defaults(struct mi_opts *o, const char *sub);
 /* Checks after parsing that involve several options; returns 0 or MI_EXIT_USAGE. */
 int mi_opts_check(struct mi_opts *o);
